@@ -1,0 +1,276 @@
+//! The hop span API: the only way handlers create spans.
+//!
+//! ```no_run
+//! # use telemetry::{attrs::*, HopSpan, TraceContext};
+//! let parent = TraceContext::none();
+//! let mut span = HopSpan::hop(Hop::Target, Pattern::Passthrough, &parent);
+//! span.carrier("header:authorization");
+//! span.reject(FailureReason::Expired);
+//! span.end();
+//! ```
+
+use std::borrow::Cow;
+
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value, global};
+
+use crate::attrs::{self, FailureReason, Hop, Outcome, Pattern};
+use crate::propagation::TraceContext;
+use crate::provenance::CredentialProvenance;
+
+const TRACER: &str = "tokentrail";
+
+/// A value for [`Span::attr`], without naming OpenTelemetry types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    /// String.
+    Str(String),
+    /// Integer.
+    Int(i64),
+    /// Boolean.
+    Bool(bool),
+    /// List of strings.
+    StrList(Vec<String>),
+}
+
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        AttrValue::Str(v.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        AttrValue::Str(v)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<u16> for AttrValue {
+    fn from(v: u16) -> Self {
+        AttrValue::Int(i64::from(v))
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        AttrValue::Bool(v)
+    }
+}
+impl From<Vec<String>> for AttrValue {
+    fn from(v: Vec<String>) -> Self {
+        AttrValue::StrList(v)
+    }
+}
+
+impl From<AttrValue> for Value {
+    fn from(v: AttrValue) -> Self {
+        match v {
+            AttrValue::Str(s) => Value::String(s.into()),
+            AttrValue::Int(i) => Value::I64(i),
+            AttrValue::Bool(b) => Value::Bool(b),
+            AttrValue::StrList(l) => Value::Array(Array::String(
+                l.into_iter().map(StringValue::from).collect(),
+            )),
+        }
+    }
+}
+
+/// What kind of span to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Receiving a request (a hop's own span).
+    Server,
+    /// Calling another service.
+    Client,
+    /// Work inside the process.
+    Internal,
+}
+
+impl From<Role> for SpanKind {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+            Role::Internal => SpanKind::Internal,
+        }
+    }
+}
+
+/// A span. Ends when [`Span::end`] is called or when dropped.
+#[derive(Debug)]
+pub struct Span {
+    cx: Context,
+    outcome: Option<Outcome>,
+}
+
+/// A hop span is a [`Span`] opened with [`Span::hop`].
+pub type HopSpan = Span;
+
+impl Span {
+    /// Open the hop span of `hop` under `parent` (server kind; the app's root span is client kind).
+    pub fn hop(hop: Hop, pattern: Pattern, parent: &TraceContext) -> Self {
+        let role = if hop == Hop::App {
+            Role::Client
+        } else {
+            Role::Server
+        };
+        let attributes = vec![
+            KeyValue::new(attrs::PATTERN, pattern.as_str()),
+            KeyValue::new(attrs::HOP_NAME, hop.as_str()),
+            KeyValue::new(attrs::HOP_INDEX, hop.index()),
+        ];
+        Self::open(Cow::Borrowed(hop.as_str()), role, parent, attributes)
+    }
+
+    /// Open a plain span (an outgoing call, or internal work) under `parent`.
+    pub fn child(name: &'static str, role: Role, parent: &TraceContext) -> Self {
+        Self::open(Cow::Borrowed(name), role, parent, Vec::new())
+    }
+
+    fn open(
+        name: Cow<'static, str>,
+        role: Role,
+        parent: &TraceContext,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        let tracer = global::tracer(TRACER);
+        let span = tracer
+            .span_builder(name)
+            .with_kind(role.into())
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &parent.0);
+        Self {
+            cx: parent.0.with_span(span),
+            outcome: None,
+        }
+    }
+
+    /// The context to propagate to the next hop, or to parent children with.
+    pub fn context(&self) -> TraceContext {
+        TraceContext(self.cx.clone())
+    }
+
+    /// Trace id (32 hex).
+    pub fn trace_id(&self) -> String {
+        self.cx.span().span_context().trace_id().to_string()
+    }
+
+    /// Span id (16 hex).
+    pub fn span_id(&self) -> String {
+        self.cx.span().span_context().span_id().to_string()
+    }
+
+    /// Set any attribute (names come from [`crate::attrs`]).
+    pub fn attr(&self, key: &'static str, value: impl Into<AttrValue>) {
+        self.cx
+            .span()
+            .set_attribute(KeyValue::new(key, Value::from(value.into())));
+    }
+
+    /// Where the credential travelled, e.g. `header:x-custom-usertoken`.
+    pub fn carrier(&self, carrier: &str) {
+        self.attr(attrs::HOP_CARRIER, carrier.to_ascii_lowercase());
+    }
+
+    /// Record the redacted provenance of the credential this hop saw.
+    pub fn credential(&self, p: &CredentialProvenance) {
+        let span = self.cx.span();
+        let mut kv = vec![
+            KeyValue::new(attrs::CREDENTIAL_KIND, p.kind.as_str()),
+            KeyValue::new(attrs::CREDENTIAL_VERIFICATION, p.verification.as_str()),
+        ];
+        if let Some(fp) = &p.fingerprint {
+            kv.push(KeyValue::new(attrs::CREDENTIAL_FINGERPRINT, fp.clone()));
+        }
+        if let Some(c) = &p.claims {
+            let mut push = |k: &'static str, v: &Option<String>| {
+                if let Some(v) = v {
+                    kv.push(KeyValue::new(k, v.clone()));
+                }
+            };
+            push(attrs::CREDENTIAL_ISSUER, &c.issuer);
+            push(attrs::CREDENTIAL_SUBJECT, &c.subject);
+            push(attrs::CREDENTIAL_CLIENT_ID, &c.client_id);
+            push(attrs::CREDENTIAL_KID, &c.kid);
+            push(attrs::CREDENTIAL_ALG, &c.alg);
+            if !c.audience.is_empty() {
+                kv.push(KeyValue::new(
+                    attrs::CREDENTIAL_AUDIENCE,
+                    Value::from(AttrValue::StrList(c.audience.clone())),
+                ));
+            }
+            if !c.scopes.is_empty() {
+                kv.push(KeyValue::new(
+                    attrs::CREDENTIAL_SCOPES,
+                    Value::from(AttrValue::StrList(c.scopes.clone())),
+                ));
+            }
+            if let Some(exp) = c.expires_at {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default();
+                kv.push(KeyValue::new(attrs::CREDENTIAL_EXPIRES_IN_S, exp - now));
+            }
+        }
+        span.set_attributes(kv);
+    }
+
+    /// Record the identity that reached the target.
+    pub fn enduser(&self, id: &str) {
+        self.attr(attrs::ENDUSER_ID, id);
+    }
+
+    /// The hop let the request through.
+    pub fn ok(&mut self) {
+        self.outcome = Some(Outcome::Ok);
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
+        span.set_status(Status::Ok);
+    }
+
+    /// The hop stopped the request (or failed) for `reason`.
+    pub fn reject(&mut self, reason: FailureReason) {
+        let outcome = reason.outcome();
+        self.outcome = Some(outcome);
+        let span = self.cx.span();
+        span.set_attributes([
+            KeyValue::new(attrs::HOP_OUTCOME, outcome.as_str()),
+            KeyValue::new(attrs::FAILURE_REASON, reason.as_str()),
+            KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
+        ]);
+        span.add_event(
+            outcome.as_str(),
+            vec![KeyValue::new(attrs::FAILURE_REASON, reason.as_str())],
+        );
+        span.set_status(Status::error(reason.describe()));
+    }
+
+    /// Mark a client call as failed without hop semantics (status + `error.type`).
+    pub fn fail(&self, error_type: &str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            attrs::semconv::ERROR_TYPE,
+            error_type.to_owned(),
+        ));
+        span.set_status(Status::error(error_type.to_owned()));
+    }
+
+    /// Outcome recorded so far.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    /// End the span now.
+    pub fn end(self) {
+        // Drop ends it.
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        self.cx.span().end();
+    }
+}

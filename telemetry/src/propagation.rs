@@ -1,0 +1,401 @@
+//! Trace context across hops: W3C `traceparent`/`tracestate`/`baggage` and `X-Amzn-Trace-Id`.
+//!
+//! Rule: **W3C across hops, X-Ray as secondary.** Extraction prefers a valid `traceparent`; if
+//! there is none it reads `X-Amzn-Trace-Id` (or, in Lambda, `lambda-runtime-trace-id` /
+//! `_X_AMZN_TRACE_ID`). Injection always writes both, with the same 128-bit trace id (ids are
+//! generated X-Ray-compatible, see [`crate::idgen`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state header.
+pub const TRACESTATE: &str = "tracestate";
+/// W3C baggage header.
+pub const BAGGAGE: &str = "baggage";
+/// X-Ray trace header.
+pub const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
+/// Header through which the Lambda Runtime API hands over the trace header.
+pub const LAMBDA_RUNTIME_TRACE_ID: &str = "lambda-runtime-trace-id";
+/// Environment variable Lambda runtimes set per invocation.
+pub const LAMBDA_TRACE_ENV: &str = "_X_AMZN_TRACE_ID";
+
+/// An opaque trace context: what a hop received and what it passes on.
+#[derive(Debug, Clone, Default)]
+pub struct TraceContext(pub(crate) Context);
+
+impl TraceContext {
+    /// No incoming context: the next span starts a new trace.
+    pub fn none() -> Self {
+        Self(Context::new())
+    }
+
+    /// Whether a valid span context is present.
+    pub fn is_valid(&self) -> bool {
+        self.0.span().span_context().is_valid()
+    }
+
+    /// The trace id as 32 lower-case hex digits (all zeros when invalid).
+    pub fn trace_id(&self) -> String {
+        self.0.span().span_context().trace_id().to_string()
+    }
+
+    /// The span id as 16 lower-case hex digits.
+    pub fn span_id(&self) -> String {
+        self.0.span().span_context().span_id().to_string()
+    }
+
+    /// The trace id in X-Ray form, `1-xxxxxxxx-xxxxxxxxxxxxxxxxxxxxxxxx`.
+    pub fn xray_trace_id(&self) -> String {
+        xray_trace_id(&self.trace_id())
+    }
+
+    /// Inject into an HTTP header map (`traceparent`, `tracestate`, `baggage`, `x-amzn-trace-id`).
+    pub fn inject_headers(&self, headers: &mut http::HeaderMap) {
+        let mut inj = HeaderInjector(headers);
+        self.inject_into(&mut inj);
+    }
+
+    /// Inject into a string map (lower-case names, as in the interceptor event).
+    pub fn inject_map<M: StringMap>(&self, map: &mut M) {
+        let mut inj = MapInjector(map);
+        self.inject_into(&mut inj);
+    }
+
+    /// The headers to send, as owned pairs.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        let mut map = BTreeMap::new();
+        self.inject_map(&mut map);
+        map.into_iter().collect()
+    }
+
+    /// Inject into an MCP request's `params._meta` (creating it when absent).
+    pub fn inject_mcp_meta(&self, request: &mut serde_json::Value) {
+        let Some(obj) = request.as_object_mut() else {
+            return;
+        };
+        let params = obj
+            .entry("params")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let Some(params) = params.as_object_mut() else {
+            return;
+        };
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let Some(meta) = meta.as_object_mut() else {
+            return;
+        };
+        let mut pairs = BTreeMap::new();
+        self.inject_map(&mut pairs);
+        for (k, v) in pairs {
+            if k != X_AMZN_TRACE_ID {
+                meta.insert(k, serde_json::Value::String(v));
+            }
+        }
+    }
+
+    fn inject_into(&self, injector: &mut dyn Injector) {
+        TraceContextPropagator::new().inject_context(&self.0, injector);
+        BaggagePropagator::new().inject_context(&self.0, injector);
+        let sc = self.0.span().span_context().clone();
+        if sc.is_valid() {
+            let sampled = if sc.is_sampled() { 1 } else { 0 };
+            injector.set(
+                X_AMZN_TRACE_ID,
+                format!(
+                    "Root={};Parent={};Sampled={sampled}",
+                    xray_trace_id(&sc.trace_id().to_string()),
+                    sc.span_id()
+                ),
+            );
+        }
+    }
+
+    /// Run `fut` with this context current, so log lines and `tracing` spans inside it carry its ids.
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        fut.with_context(self.0.clone())
+    }
+}
+
+/// `1-` + first 8 hex + `-` + remaining 24 hex.
+pub fn xray_trace_id(w3c_hex: &str) -> String {
+    if w3c_hex.len() != 32 {
+        return String::new();
+    }
+    format!("1-{}-{}", &w3c_hex[..8], &w3c_hex[8..])
+}
+
+/// Parse an `X-Amzn-Trace-Id` value. A header without `Parent` carries no span to hang from and
+/// is ignored (a new trace starts), as X-Ray treats it as a root.
+pub fn parse_xray_header(value: &str) -> Option<SpanContext> {
+    let mut root = None;
+    let mut parent = None;
+    let mut sampled = true;
+    for part in value.split(';') {
+        let (k, v) = part.trim().split_once('=')?;
+        match k.trim() {
+            "Root" => root = Some(v.trim()),
+            "Parent" => parent = Some(v.trim()),
+            "Sampled" => sampled = v.trim() != "0",
+            _ => {}
+        }
+    }
+    let root = root?;
+    let mut segs = root.split('-');
+    if segs.next()? != "1" {
+        return None;
+    }
+    let (epoch, rest) = (segs.next()?, segs.next()?);
+    if segs.next().is_some() || epoch.len() != 8 || rest.len() != 24 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(&format!("{epoch}{rest}")).ok()?;
+    let parent = parent?;
+    if parent.len() != 16 {
+        return None;
+    }
+    let span_id = SpanId::from_hex(parent).ok()?;
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let sc = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    sc.is_valid().then_some(sc)
+}
+
+/// A case-insensitive string map view used for extraction and injection.
+pub trait StringMap {
+    /// Value for a lower-case key, matched case-insensitively.
+    fn get_ci(&self, key: &str) -> Option<&str>;
+    /// All keys.
+    fn key_list(&self) -> Vec<&str>;
+    /// Insert (key is lower-case).
+    fn put(&mut self, key: String, value: String);
+}
+
+impl StringMap for HashMap<String, String> {
+    fn get_ci(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str).or_else(|| {
+            self.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+    fn key_list(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
+    }
+    fn put(&mut self, key: String, value: String) {
+        self.insert(key, value);
+    }
+}
+
+impl StringMap for BTreeMap<String, String> {
+    fn get_ci(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str).or_else(|| {
+            self.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+    fn key_list(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
+    }
+    fn put(&mut self, key: String, value: String) {
+        self.insert(key, value);
+    }
+}
+
+struct MapExtractor<'a, M: StringMap>(&'a M);
+impl<M: StringMap> Extractor for MapExtractor<'_, M> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get_ci(key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.key_list()
+    }
+}
+
+struct MapInjector<'a, M: StringMap>(&'a mut M);
+impl<M: StringMap> Injector for MapInjector<'_, M> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.put(key.to_ascii_lowercase(), value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(val)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, val);
+        }
+    }
+}
+
+fn extract_from(extractor: &dyn Extractor, lambda_fallback: Option<&str>) -> TraceContext {
+    let cx = BaggagePropagator::new().extract(extractor);
+    let cx = TraceContextPropagator::new().extract_with_context(&cx, extractor);
+    if cx.span().span_context().is_valid() {
+        return TraceContext(cx);
+    }
+    let xray = extractor
+        .get(X_AMZN_TRACE_ID)
+        .and_then(parse_xray_header)
+        .or_else(|| {
+            extractor
+                .get(LAMBDA_RUNTIME_TRACE_ID)
+                .and_then(parse_xray_header)
+        })
+        .or_else(|| lambda_fallback.and_then(parse_xray_header));
+    match xray {
+        Some(sc) => TraceContext(cx.with_remote_span_context(sc)),
+        None => TraceContext(cx),
+    }
+}
+
+/// Extract from HTTP headers.
+pub fn extract_headers(headers: &http::HeaderMap) -> TraceContext {
+    extract_from(&HeaderExtractor(headers), None)
+}
+
+/// Extract from a string map with any header-name case (the interceptor event's `headers`).
+pub fn extract_map<M: StringMap>(map: &M) -> TraceContext {
+    extract_from(&MapExtractor(map), None)
+}
+
+/// Extract inside a Lambda invocation: HTTP-ish headers first, then the runtime's trace id
+/// (`lambda-runtime-trace-id`, as lambda_runtime's `Context::xray_trace_id`), then `_X_AMZN_TRACE_ID`.
+pub fn extract_lambda(headers: &http::HeaderMap, runtime_trace_id: Option<&str>) -> TraceContext {
+    let env = std::env::var(LAMBDA_TRACE_ENV).ok();
+    let fallback = runtime_trace_id.or(env.as_deref());
+    extract_from(&HeaderExtractor(headers), fallback)
+}
+
+/// Extract from an MCP request's `params._meta` (W3C keys only).
+pub fn extract_mcp_meta(request: &serde_json::Value) -> TraceContext {
+    let mut map = BTreeMap::new();
+    if let Some(meta) = request
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.as_object())
+    {
+        for (k, v) in meta {
+            if let Some(s) = v.as_str() {
+                map.insert(k.to_ascii_lowercase(), s.to_owned());
+            }
+        }
+    }
+    extract_map(&map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn w3c_round_trip_and_xray_injected_with_same_id() {
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, http::HeaderValue::from_static(TP));
+        let cx = extract_headers(&h);
+        assert!(cx.is_valid());
+        assert_eq!(cx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut out = http::HeaderMap::new();
+        cx.inject_headers(&mut out);
+        assert_eq!(out.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(TP));
+        assert_eq!(
+            out.get(X_AMZN_TRACE_ID).and_then(|v| v.to_str().ok()),
+            Some("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1")
+        );
+    }
+
+    #[test]
+    fn xray_only_is_extracted() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "X-Amzn-Trace-Id",
+            http::HeaderValue::from_static(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            ),
+        );
+        let cx = extract_headers(&h);
+        assert_eq!(cx.trace_id(), "5759e988bd862e3fe1be46a994272793");
+        assert_eq!(cx.span_id(), "53995c3f42cd8ad8");
+    }
+
+    #[test]
+    fn w3c_wins_over_xray() {
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, http::HeaderValue::from_static(TP));
+        h.insert(
+            "x-amzn-trace-id",
+            http::HeaderValue::from_static(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            ),
+        );
+        assert_eq!(
+            extract_headers(&h).trace_id(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn malformed_xray_headers_are_ignored() {
+        for bad in [
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8",
+            "Root=1-zz59e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8",
+            "garbage",
+            "",
+        ] {
+            assert!(parse_xray_header(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lowercase_event_headers_and_lambda_runtime_header() {
+        let mut m = HashMap::new();
+        m.insert("TraceParent".to_owned(), TP.to_owned());
+        assert!(extract_map(&m).is_valid());
+        let h = http::HeaderMap::new();
+        let cx = extract_lambda(
+            &h,
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"),
+        );
+        assert_eq!(cx.span_id(), "53995c3f42cd8ad8");
+    }
+
+    #[test]
+    fn mcp_meta_round_trip() {
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, http::HeaderValue::from_static(TP));
+        let cx = extract_headers(&h);
+        let mut req =
+            serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}});
+        cx.inject_mcp_meta(&mut req);
+        assert_eq!(req["params"]["_meta"]["traceparent"], TP);
+        assert_eq!(extract_mcp_meta(&req).trace_id(), cx.trace_id());
+    }
+}
