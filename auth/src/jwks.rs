@@ -187,10 +187,8 @@ impl JwksCache {
         if let Some(k) = self.cached(kid) {
             return Ok(k);
         }
-        if let Err(e) = fetched {
-            // No key for this kid and the IdP is unreachable: a dependency failure, not a forgery.
-            return Err(e);
-        }
+        // No key for this kid and the IdP is unreachable: a dependency failure, not a forgery.
+        fetched?;
         if let Ok(mut s) = self.state.write() {
             s.negative.insert(kid.to_owned(), Instant::now());
             // Keep the negative cache bounded under a flood of random kids.

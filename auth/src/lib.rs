@@ -5,9 +5,11 @@ pub mod claims;
 pub mod jwks;
 pub mod mint;
 pub mod verify;
+pub mod wire;
 
 pub use claims::Claims;
 pub use jwks::{JwksCache, JwksConfig};
 pub use mint::{MintError, SigningKey};
 pub use telemetry::FailureReason;
 pub use verify::{AuthError, IssuerPolicy, VerifiedToken, Verifier, bearer_token};
+pub use wire::{Rejection, RejectionBody};

@@ -1,4 +1,5 @@
 //! Verification against a real JWKS server on loopback.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tokentrail` binary. Everything lives in the library (`cli/src/lib.rs`).
+
+fn main() -> std::process::ExitCode {
+    tokentrail::main()
+}

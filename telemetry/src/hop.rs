@@ -248,6 +248,19 @@ impl Span {
         span.set_status(Status::error(reason.describe()));
     }
 
+    /// This hop passed the request on, and a later hop stopped it for `reason`. The hop's own
+    /// outcome stays `ok` (only the stopping hop is `rejected`); the span is marked as an error so
+    /// trace views show the failed path.
+    pub fn downstream_failed(&mut self, reason: FailureReason) {
+        self.outcome = Some(Outcome::Ok);
+        let span = self.cx.span();
+        span.set_attributes([
+            KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()),
+            KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
+        ]);
+        span.set_status(Status::error(format!("stopped downstream: {reason}")));
+    }
+
     /// Mark a client call as failed without hop semantics (status + `error.type`).
     pub fn fail(&self, error_type: &str) {
         let span = self.cx.span();

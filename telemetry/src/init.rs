@@ -39,10 +39,12 @@ pub enum TelemetryError {
 }
 
 /// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTo {
     /// Standard error (default).
     Stderr,
+    /// Append to a file.
+    File(std::path::PathBuf),
     /// Nowhere.
     Off,
 }
@@ -269,8 +271,21 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let quiet = "hyper=off,hyper_util=off,reqwest=off,h2=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
     let filter = EnvFilter::try_new(format!("{base},{quiet}"))
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
-    let sink: Option<Sink> = match cfg.log_to {
+    let sink: Option<Sink> = match &cfg.log_to {
         LogTo::Stderr => Some(Box::new(std::io::stderr())),
+        LogTo::File(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(Box::new(f)),
+            Err(e) => {
+                return Err(TelemetryError::Exporter {
+                    which: "log file",
+                    reason: format!("{}: {e}", path.display()),
+                });
+            }
+        },
         LogTo::Off => None,
     };
     let logs = sink.map(|s| JsonLogLayer::new(cfg.service.as_str(), s));

@@ -1,0 +1,109 @@
+//! `tokentrail`: one binary, a subcommand per job (HotROD style).
+//!
+//! | command | where |
+//! |---|---|
+//! | `serve <hop>` | [`serve`]: one hop as its own process |
+//! | `up` | [`stack`]: the whole local stack as child processes |
+//! | `call` | [`app`]: one request as the app |
+//! | `demo` | [`demo`]: stack + scripted requests + summary |
+
+pub mod app;
+pub mod demo;
+pub mod serve;
+pub mod stack;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokentrail",
+    version,
+    about = "Which identity reached my API, through which hops: AgentCore auth propagation, traced end to end"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one hop (configured by TOKENTRAIL_* and OTEL_* variables).
+    Serve {
+        /// Which hop.
+        hop: serve::HopName,
+        /// Port to listen on (0 = any free port).
+        #[arg(long, env = "TOKENTRAIL_PORT", default_value_t = 0)]
+        port: u16,
+    },
+    /// Start the whole local stack and keep it running until Ctrl-C.
+    Up {
+        /// Where telemetry, logs and stack.json go.
+        #[arg(long, default_value = "tokentrail-out")]
+        out: PathBuf,
+    },
+    /// Send one request as the app through a running stack (`tokentrail up`).
+    Call {
+        /// User to log in as (alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        user: String,
+        /// Order to read (default: the user's first order).
+        #[arg(long)]
+        order: Option<String>,
+        /// Inject a token fault.
+        #[arg(long, value_enum)]
+        token_fault: Option<app::TokenFault>,
+        /// The stack's output directory (holds stack.json).
+        #[arg(long, default_value = "tokentrail-out")]
+        out: PathBuf,
+    },
+    /// Start the stack, send a scripted mix of good and bad requests, print what happened.
+    Demo {
+        /// Where telemetry and logs go.
+        #[arg(long, default_value = "tokentrail-out")]
+        out: PathBuf,
+        /// Number of requests (cycles through the scripted cases).
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokentrail: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { hop, port } => serve::run(hop, port).await.map(|_| ExitCode::SUCCESS),
+            Command::Up { out } => stack::up(&out).await.map(|_| ExitCode::SUCCESS),
+            Command::Call {
+                user,
+                order,
+                token_fault,
+                out,
+            } => app::call_command(&out, &user, order, token_fault).await,
+            Command::Demo { out, requests } => demo::run(&out, requests).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tokentrail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! `tokentrail serve <hop>`: one hop as its own process, configured from the environment.
+//!
+//! Prints `READY <hop> <url>` on stdout once listening. Stops on Ctrl-C, SIGTERM, or, when
+//! `TOKENTRAIL_STOP_ON_STDIN_EOF=1` (set by the stack), when its standard input closes: so a
+//! stack that dies, however it dies, leaves no orphan behind. Spans are flushed before exit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use telemetry::{Service, TelemetryConfig};
+use tokio::io::AsyncReadExt;
+
+/// Hops `serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HopName {
+    /// OIDC IdP.
+    Idp,
+    /// Runtime front door.
+    Runtime,
+    /// Runtime agent.
+    Agent,
+    /// Gateway.
+    Gateway,
+    /// REQUEST interceptor (Lambda Invoke API shape).
+    Interceptor,
+    /// Target API.
+    Target,
+}
+
+impl HopName {
+    /// Its `service.name`.
+    pub fn service(self) -> Service {
+        match self {
+            HopName::Idp => Service::Idp,
+            HopName::Runtime => Service::Runtime,
+            HopName::Agent => Service::Agent,
+            HopName::Gateway => Service::Gateway,
+            HopName::Interceptor => Service::Interceptor,
+            HopName::Target => Service::Target,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        self.service().as_str()
+    }
+}
+
+fn env(name: &str) -> Result<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .with_context(|| format!("missing environment variable {name}"))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn list(name: &str, default: &str) -> Vec<String> {
+    env_or(name, default)
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+async fn build_router(hop: HopName, base: &str) -> Result<Router> {
+    Ok(match hop {
+        HopName::Idp => {
+            let cfg = match std::env::var("TOKENTRAIL_IDP_CONFIG") {
+                Ok(path) if !path.is_empty() => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read IdP config {path}"))?;
+                    local::idp::IdpConfig::from_toml(&text)?
+                }
+                _ => local::idp::IdpConfig::default_config()?,
+            };
+            let issuer = env_or("TOKENTRAIL_IDP_ISSUER", base);
+            local::idp::router(local::idp::Idp::new(issuer, cfg)?)
+        }
+        HopName::Target => target::front::router(target::TargetConfig::from_env()?.deps()?),
+        HopName::Interceptor => {
+            let config = interceptor::InterceptorConfig::from_env()?;
+            interceptor::front::router(interceptor::Deps {
+                verifier: config.verifier()?,
+                config,
+            })
+        }
+        HopName::Agent => agent::front::router(agent::Deps::new(agent::AgentConfig::from_env()?)?),
+        HopName::Runtime => {
+            let allow = list(
+                "TOKENTRAIL_RUNTIME_ALLOWLIST",
+                "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken",
+            );
+            let cfg = local::runtime::RuntimeConfig {
+                name: env_or("TOKENTRAIL_RUNTIME_NAME", "tokentrail_agent"),
+                allowlist: local::runtime::Allowlist::new(&allow, false)?,
+                agent_url: env("TOKENTRAIL_AGENT_URL")?,
+                credential_header: Some(
+                    env_or(
+                        "TOKENTRAIL_RUNTIME_USER_HEADER",
+                        "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken",
+                    )
+                    .to_ascii_lowercase(),
+                ),
+                timeout: Duration::from_secs(30),
+            };
+            local::runtime::router(cfg)?
+        }
+        HopName::Gateway => {
+            let issuer = env("TOKENTRAIL_ISSUER")?;
+            let target_url = env("TOKENTRAIL_TARGET_URL")?;
+            let target_name = env_or("TOKENTRAIL_TARGET_NAME", "orders");
+            let openapi: serde_json::Value = match std::env::var("TOKENTRAIL_TARGET_OPENAPI") {
+                Ok(path) if !path.is_empty() => serde_json::from_str(
+                    &std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {path}"))?,
+                )?,
+                _ => reqwest::get(format!("{}/openapi.json", target_url.trim_end_matches('/')))
+                    .await
+                    .context("cannot fetch the target's OpenAPI description")?
+                    .json()
+                    .await
+                    .context("the target's OpenAPI description is not JSON")?,
+            };
+            let allowed_headers = match std::env::var("TOKENTRAIL_TARGET_ALLOWED_HEADERS") {
+                Ok(v) if !v.is_empty() => local::gateway::validate_allowed_headers(&list(
+                    "TOKENTRAIL_TARGET_ALLOWED_HEADERS",
+                    "",
+                ))?,
+                _ => Vec::new(),
+            };
+            let _ = &allowed_headers;
+            let interceptor = match std::env::var("TOKENTRAIL_INTERCEPTOR_INVOKE_URL") {
+                Ok(url) if !url.is_empty() => Some(local::gateway::InterceptorConfig {
+                    invoke_url: url,
+                    pass_request_headers: env_or("TOKENTRAIL_PASS_REQUEST_HEADERS", "true")
+                        == "true",
+                    timeout: Duration::from_millis(
+                        env_or("TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS", "5000")
+                            .parse()
+                            .context("TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS must be milliseconds")?,
+                    ),
+                }),
+                _ => None,
+            };
+            let cfg = local::gateway::GatewayConfig {
+                public_url: base.to_owned(),
+                discovery_url: env_or(
+                    "TOKENTRAIL_DISCOVERY_URL",
+                    &format!("{issuer}/.well-known/openid-configuration"),
+                ),
+                issuer,
+                allowed_audience: list("TOKENTRAIL_GATEWAY_AUDIENCE", "gateway"),
+                allowed_clients: list("TOKENTRAIL_GATEWAY_ALLOWED_CLIENTS", "tokentrail-agent"),
+                allowed_scopes: list("TOKENTRAIL_GATEWAY_SCOPES", "gateway:invoke"),
+                interceptor,
+                tools: local::gateway::tools_from_openapi(&target_name, &openapi)?,
+                target_name,
+                target_url,
+                target_allowed_headers: allowed_headers,
+                target_timeout: Duration::from_secs(10),
+            };
+            local::gateway::router(cfg).map_err(anyhow::Error::msg)?
+        }
+    })
+}
+
+async fn stop_signal() {
+    let stdin_eof = async {
+        if std::env::var("TOKENTRAIL_STOP_ON_STDIN_EOF").as_deref() == Ok("1") {
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = stdin_eof => {},
+        _ = term => {},
+    }
+}
+
+/// Run `hop` until stopped.
+pub async fn run(hop: HopName, port: u16) -> Result<()> {
+    let telemetry = telemetry::init(TelemetryConfig::from_env(hop.service()))?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let base = format!("http://{bound}");
+    let router = match build_router(hop, &base).await {
+        Ok(r) => r,
+        Err(e) => bail!("{}: configuration error: {e:#}", hop.as_str()),
+    };
+    println!("READY {} {base}", hop.as_str());
+    tracing::info!(hop = hop.as_str(), url = %base, exporters = ?telemetry.exporters(), "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!(hop = hop.as_str(), "stopping; flushing spans");
+    let t = telemetry.clone();
+    let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! AgentCore Runtime container contract: `POST /invocations`, `GET /ping`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::SecretString;
+use telemetry::propagation;
+
+use crate::core::{Deps, handle};
+
+/// The router.
+pub fn router(deps: Deps) -> Router {
+    Router::new()
+        .route("/invocations", post(invocations))
+        .route(
+            "/ping",
+            get(|| async {
+                axum::Json(serde_json::json!({"status": "Healthy", "time_of_last_update": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()}))
+            }),
+        )
+        .with_state(Arc::new(deps))
+}
+
+async fn invocations(
+    State(deps): State<Arc<Deps>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let parent = propagation::extract_headers(&headers);
+    let user = headers
+        .get(deps.config.inbound_user_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| SecretString::from(v.to_owned()));
+    let reply = parent.scope(handle(&body, user, &parent, &deps)).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(reply.body)).into_response()
+}
+
+/// Run under `lambda_http` (flushing each invocation's spans, bounded).
+pub async fn run_lambda(
+    deps: Deps,
+    telemetry: telemetry::Telemetry,
+) -> Result<(), lambda_http::Error> {
+    use tower::ServiceExt;
+    let app = router(deps);
+    lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
+        let app = app.clone();
+        let telemetry = telemetry.clone();
+        async move {
+            let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+            telemetry.flush(crate::core::FLUSH_BOUND).await;
+            resp
+        }
+    }))
+    .await
+}

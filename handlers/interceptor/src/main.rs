@@ -1,0 +1,14 @@
+//! Lambda entry of the REQUEST interceptor (`cargo lambda build -p tokentrail-interceptor`).
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
+        telemetry::Service::Interceptor,
+    ))?;
+    let config = interceptor::InterceptorConfig::from_env()?;
+    let deps = interceptor::Deps {
+        verifier: config.verifier()?,
+        config,
+    };
+    interceptor::front::run_lambda(deps, telemetry).await
+}
