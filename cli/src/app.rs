@@ -22,7 +22,7 @@ use crate::stack::Endpoints;
 pub const USER_HEADER: &str = "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken";
 
 /// Faults the app can inject into its own token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenFault {
     /// A token that expired two minutes ago.
@@ -167,13 +167,11 @@ impl App {
             .context("the IdP's answer has no access_token")
     }
 
-    /// Send one request as the app.
+    /// Send one request as the app (logging the user in first, applying the spec's fault).
     pub async fn call(&self, spec: &CallSpec) -> Result<CallResult> {
         let started = Instant::now();
-        let mut span = HopSpan::hop(Hop::App, Pattern::Passthrough, &TraceContext::none());
+        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, &TraceContext::none());
         let cx = span.context();
-        let trace_id = span.trace_id();
-        span.carrier(&format!("header:{USER_HEADER}"));
         let token = match spec.fault {
             Some(TokenFault::Missing) => None,
             Some(TokenFault::Expired) => Some(
@@ -196,6 +194,29 @@ impl App {
             }
             None => Some(self.login(&spec.user, "tokentrail-app", None, &cx).await?),
         };
+        self.send(span, spec, token, started).await
+    }
+
+    /// Send one request with a token obtained earlier (no login).
+    pub async fn call_with_token(
+        &self,
+        spec: &CallSpec,
+        token: SecretString,
+    ) -> Result<CallResult> {
+        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, &TraceContext::none());
+        self.send(span, spec, Some(token), Instant::now()).await
+    }
+
+    async fn send(
+        &self,
+        mut span: HopSpan,
+        spec: &CallSpec,
+        token: Option<SecretString>,
+        started: Instant,
+    ) -> Result<CallResult> {
+        let cx = span.context();
+        let trace_id = span.trace_id();
+        span.carrier(&format!("header:{USER_HEADER}"));
         match &token {
             Some(t) => span.credential(&match auth::verify::decode_unverified(t) {
                 Ok(c) => CredentialProvenance::unverified_decoded(CredentialKind::UserJwt, t, c),

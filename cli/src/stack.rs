@@ -271,6 +271,20 @@ impl Stack {
         })
     }
 
+    /// Stop one hop gracefully (e.g. the IdP, to show cached keys keep working).
+    pub async fn stop_hop(&mut self, hop: HopName) -> Result<()> {
+        if let Some(r) = self.children.iter_mut().find(|r| r.hop == hop) {
+            drop(r.child.stdin.take());
+            if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = r.child.kill().await;
+            }
+        }
+        Ok(())
+    }
+
     /// Stop every hop gracefully (closing its stdin makes it flush and exit), then the collector.
     pub async fn stop(mut self) -> Result<()> {
         for r in self.children.iter_mut().rev() {

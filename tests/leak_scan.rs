@@ -1,0 +1,129 @@
+//! No secret leaves a process: after real traffic through every hop, no file of the output
+//! directory (span store, every hop's log), no stdout/stderr byte contains any token the test
+//! issued, nor anything JWT-shaped.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokentrail::app::App;
+use tokentrail::demo::script;
+
+fn assert_clean(what: &str, text: &str, tokens: &[String]) {
+    for t in tokens {
+        assert!(
+            !text.contains(t.as_str()),
+            "{what} contains an issued token"
+        );
+        let sig = t.rsplit('.').next().unwrap_or_default();
+        if sig.len() > 16 {
+            assert!(!text.contains(sig), "{what} contains a token signature");
+        }
+    }
+    let jwts = telemetry::redact::find_jwts(text);
+    assert!(
+        jwts.is_empty(),
+        "{what} contains JWT-shaped strings ({} found)",
+        jwts.len()
+    );
+    assert!(
+        !text.contains("agent-secret"),
+        "{what} contains the agent's client secret"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("bearer ey"),
+        "{what} contains a bearer credential"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_issued_token_reaches_any_output() {
+    let out = support::tempdir("leak");
+    let stack = support::start_stack(&out, None).await;
+    let telemetry = tokentrail::stack::init_app_telemetry(&stack.endpoints).expect("app telemetry");
+    let app = App::new(stack.endpoints.clone()).expect("app");
+    let mut tokens = Vec::new();
+    for round in 0..2 {
+        for case in script() {
+            let r = app.call(&case.spec).await.expect("request runs");
+            assert_eq!(r.outcome, case.expect, "round {round}");
+            if let Some(t) = &r.token {
+                tokens.push(t.expose_secret().to_owned());
+            }
+        }
+    }
+    // The agent's own M2M token, issued to the test the same way the agent gets it.
+    let http = reqwest::Client::new();
+    let m2m: serde_json::Value = http
+        .post(format!("{}/token", stack.endpoints.idp))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "tokentrail-agent"),
+            ("client_secret", "agent-secret"),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    tokens.push(
+        m2m["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned(),
+    );
+    assert!(tokens.len() >= 18);
+    telemetry.flush(Duration::from_secs(5)).await;
+    stack.stop().await.expect("stop");
+
+    let files = support::files(&out);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("traces.jsonl")),
+        "span store written"
+    );
+    assert!(
+        files
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "log"))
+            .count()
+            >= 7,
+        "every hop logged"
+    );
+    for (path, bytes) in &files {
+        assert_clean(
+            &path.display().to_string(),
+            &String::from_utf8_lossy(bytes),
+            &tokens,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test]
+async fn demo_output_and_files_hold_no_token() {
+    let out = support::tempdir("leak-demo");
+    let output = tokio::process::Command::new(support::bin())
+        .args(["demo", "--requests", "10", "--out"])
+        .arg(&out)
+        .output()
+        .await
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("every request ended where it should"),
+        "{stdout}"
+    );
+    assert_clean("demo stdout", &stdout, &[]);
+    assert_clean("demo stderr", &stderr, &[]);
+    for (path, bytes) in support::files(&out) {
+        assert_clean(
+            &path.display().to_string(),
+            &String::from_utf8_lossy(&bytes),
+            &[],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -1,0 +1,3 @@
+module tokentrail/tools/jaeger
+
+go 1.25
