@@ -1,1 +1,1 @@
-//! placeholder replaced below
+//! Jaeger test: written below.

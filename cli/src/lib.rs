@@ -41,6 +41,12 @@ pub enum Command {
         #[arg(long, env = "TOKENTRAIL_PORT", default_value_t = 0)]
         port: u16,
     },
+    /// Run one hop as an AWS Lambda function (the same front door as the hop's own Lambda
+    /// binary; needs the Lambda runtime API, e.g. `cargo lambda watch --only-lambda-apis`).
+    Lambda {
+        /// Which hop: agent, interceptor or target.
+        hop: serve::HopName,
+    },
     /// Start the whole local stack and keep it running until Ctrl-C.
     Up {
         /// Where telemetry, logs and stack.json go.
@@ -89,6 +95,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { hop, port } => serve::run(hop, port).await.map(|_| ExitCode::SUCCESS),
+            Command::Lambda { hop } => serve::run_lambda(hop).await.map(|_| ExitCode::SUCCESS),
             Command::Up { out } => stack::up(&out).await.map(|_| ExitCode::SUCCESS),
             Command::Call {
                 user,

@@ -229,3 +229,34 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
     let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     Ok(())
 }
+
+/// Run `hop` as a Lambda function.
+pub async fn run_lambda(hop: HopName) -> Result<()> {
+    let telemetry = telemetry::init(TelemetryConfig::from_env(hop.service()))?;
+    let result = match hop {
+        HopName::Interceptor => {
+            let config = interceptor::InterceptorConfig::from_env()?;
+            let deps = interceptor::Deps {
+                verifier: config.verifier()?,
+                config,
+            };
+            interceptor::front::run_lambda(deps, telemetry.clone()).await
+        }
+        HopName::Target => {
+            let deps = target::TargetConfig::from_env()?.deps()?;
+            target::front::run_lambda(deps, telemetry.clone(), Duration::from_millis(1500)).await
+        }
+        HopName::Agent => {
+            agent::front::run_lambda(
+                agent::Deps::new(agent::AgentConfig::from_env()?)?,
+                telemetry.clone(),
+            )
+            .await
+        }
+        other => bail!(
+            "{} is not a Lambda function (agent, interceptor and target are)",
+            other.as_str()
+        ),
+    };
+    result.map_err(|e| anyhow::anyhow!("{}: Lambda runtime failed: {e}", hop.as_str()))
+}

@@ -8,6 +8,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanExporter};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -293,7 +294,15 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(logs)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // lambda_runtime's own "Lambda runtime invoke" span would start a trace of its
+                // own (aws-lambda-rust-runtime#618): hops hang from the trace header instead.
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    !m.target().starts_with("lambda_runtime")
+                })),
+        )
         .try_init();
     Ok(telemetry)
 }

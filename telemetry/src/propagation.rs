@@ -254,7 +254,9 @@ impl Injector for HeaderInjector<'_> {
 }
 
 fn extract_from(extractor: &dyn Extractor, lambda_fallback: Option<&str>) -> TraceContext {
-    let cx = BaggagePropagator::new().extract(extractor);
+    // Start from an empty context, never from `Context::current()`: inside lambda_runtime the
+    // current context is the runtime's own invoke span, which is not the caller's trace.
+    let cx = BaggagePropagator::new().extract_with_context(&Context::new(), extractor);
     let cx = TraceContextPropagator::new().extract_with_context(&cx, extractor);
     if cx.span().span_context().is_valid() {
         return TraceContext(cx);
