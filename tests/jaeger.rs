@@ -1,1 +1,204 @@
-//! Jaeger test: written below.
+//! A real Jaeger (v2, in-memory storage, on loopback ports of its own): one demo request goes
+//! there over OTLP (through the stack's collector, as `OTEL_EXPORTER_OTLP_ENDPOINT` users get it)
+//! and is read back through Jaeger's query API with every hop's service and correct parent/child
+//! links. A hop exporting directly over OTLP/gRPC is read back too.
+//!
+//! Needs the Jaeger binary (built by scripts/test.sh; path in `TOKENTRAIL_JAEGER_BIN`). Without
+//! it the test is skipped, unless `TOKENTRAIL_REQUIRE_TOOLS=1`.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokentrail::app::{App, CallSpec, Outcome};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Jaeger {
+    _child: tokio::process::Child,
+    otlp_http: u16,
+    otlp_grpc: u16,
+    query: u16,
+}
+
+async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
+    let (otlp_grpc, otlp_http, query, query_grpc, health) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let config = format!(
+        r#"service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{health}
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+"#
+    );
+    let path = dir.join("jaeger.yaml");
+    std::fs::write(&path, config).expect("config");
+    let log = std::fs::File::create(dir.join("jaeger.log")).expect("log");
+    let child = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("jaeger starts");
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("http://127.0.0.1:{query}/api/services")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Jaeger { _child: child, otlp_http, otlp_grpc, query };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Jaeger did not start; see {}", dir.join("jaeger.log").display());
+}
+
+/// Poll Jaeger until the trace holds every service in `want`.
+async fn fetch_trace(query: u16, trace_id: &str, want: &[&str]) -> Value {
+    let http = reqwest::Client::new();
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{query}/api/traces/{trace_id}")).send().await
+            && let Ok(v) = r.json::<Value>().await
+        {
+            let services: BTreeSet<String> = v["data"][0]["processes"].as_object().map(|p| p.values().filter_map(|x| x["serviceName"].as_str().map(String::from)).collect()).unwrap_or_default();
+            if want.iter().all(|w| services.contains(*w)) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("trace {trace_id} never held {want:?} in Jaeger; last answer: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_request_is_one_trace_in_jaeger() {
+    let bin = match std::env::var("TOKENTRAIL_JAEGER_BIN") {
+        Ok(b) if !b.is_empty() => b,
+        _ => {
+            assert!(std::env::var("TOKENTRAIL_REQUIRE_TOOLS").as_deref() != Ok("1"), "TOKENTRAIL_JAEGER_BIN is not set but tools are required");
+            eprintln!("skipped: set TOKENTRAIL_JAEGER_BIN to a Jaeger v2 binary (scripts/test.sh builds one)");
+            return;
+        }
+    };
+    let dir = support::tempdir("jaeger");
+    let jaeger = start_jaeger(&bin, &dir).await;
+
+    // 1. The whole chain, forwarded by the stack's collector over OTLP/HTTP.
+    let out = dir.join("out");
+    let stack = support::start_stack(&out, Some(format!("http://127.0.0.1:{}/v1/traces", jaeger.otlp_http))).await;
+    let telemetry = tokentrail::stack::init_app_telemetry(&stack.endpoints).expect("app telemetry");
+    let app = App::new(stack.endpoints.clone()).expect("app");
+    let r = app
+        .call(&CallSpec { user: "alice".into(), tool: "orders___getOrder".into(), arguments: json!({"orderId": "A-1001"}), fault: None })
+        .await
+        .expect("call");
+    assert_eq!(r.outcome, Outcome::Ok);
+    telemetry.flush(Duration::from_secs(5)).await;
+    stack.stop().await.expect("stop");
+
+    let services = ["app", "idp", "runtime", "agent", "gateway", "interceptor", "target"];
+    let v = fetch_trace(jaeger.query, &r.trace_id, &services).await;
+    let trace = &v["data"][0];
+    assert_eq!(trace["traceID"], r.trace_id, "same 128-bit id in Jaeger as in the store (X-Ray-compatible)");
+    let spans = trace["spans"].as_array().expect("spans");
+    let processes = trace["processes"].as_object().expect("processes");
+    let service_of = |s: &Value| processes[s["processID"].as_str().expect("pid")]["serviceName"].as_str().expect("name").to_owned();
+    let by_id: BTreeMap<&str, &Value> = spans.iter().map(|s| (s["spanID"].as_str().expect("id"), s)).collect();
+    let mut roots = 0;
+    for s in spans {
+        match s["references"].as_array().and_then(|r| r.iter().find(|x| x["refType"] == "CHILD_OF")) {
+            Some(parent) => assert!(by_id.contains_key(parent["spanID"].as_str().expect("pid")), "span {} has its parent in the trace", s["operationName"]),
+            None => roots += 1,
+        }
+    }
+    assert_eq!(roots, 1, "one root span");
+    let hop = |name: &str| spans.iter().find(|s| s["operationName"] == name).unwrap_or_else(|| panic!("{name} in Jaeger"));
+    let parent_service = |name: &str| {
+        let s = hop(name);
+        let p = s["references"][0]["spanID"].as_str().expect("parent");
+        service_of(by_id[p])
+    };
+    assert_eq!(parent_service("runtime.inbound"), "app");
+    assert_eq!(parent_service("agent.invocation"), "runtime");
+    assert_eq!(parent_service("gateway.inbound"), "agent");
+    assert_eq!(parent_service("gateway.interceptor"), "gateway");
+    assert_eq!(parent_service("target.api"), "gateway");
+    let tags = |s: &Value| -> BTreeMap<String, Value> { s["tags"].as_array().map(|t| t.iter().map(|x| (x["key"].as_str().unwrap_or_default().to_owned(), x["value"].clone())).collect()).unwrap_or_default() };
+    assert_eq!(tags(hop("target.api"))["enduser.id"], "alice");
+    assert_eq!(tags(hop("target.api"))["tokentrail.pattern"], "passthrough");
+    assert!(!v.to_string().contains("eyJ"), "no token in what Jaeger stored");
+
+    // 2. A hop exporting on its own over OTLP/gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc).
+    let mut child = tokio::process::Command::new(support::bin())
+        .args(["serve", "target"])
+        .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", jaeger.otlp_grpc))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("TOKENTRAIL_STOP_ON_STDIN_EOF", "1")
+        .env("TOKENTRAIL_LOG", "off")
+        .env_remove("TOKENTRAIL_COLLECTOR_ENDPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("target starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next_line().await.expect("line").expect("READY line");
+        if let Some(rest) = line.strip_prefix("READY target ") {
+            break rest.to_owned();
+        }
+    };
+    let traceparent = "00-6b0b0c00aaaabbbbccccddddeeeeffff-1111222233334444-01";
+    let resp = reqwest::Client::new().get(format!("{url}/orders")).header("traceparent", traceparent).send().await.expect("call");
+    assert_eq!(resp.status(), 401);
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let v = fetch_trace(jaeger.query, "6b0b0c00aaaabbbbccccddddeeeeffff", &["target"]).await;
+    assert!(v["data"][0]["spans"].as_array().expect("spans").iter().any(|s| s["operationName"] == "target.api"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

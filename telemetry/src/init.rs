@@ -421,3 +421,32 @@ mod tests {
         assert_eq!(capture.0.lock().map(|v| v.len()).unwrap_or_default(), 1);
     }
 }
+
+/// An exporter that drops what it receives.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Install a global pipeline that runs every span through the full export path synchronously
+/// (redaction included) and then discards it: for benchmarks measuring the cost of
+/// instrumentation, and for tools that want spans to cost what they cost without exporting.
+pub fn install_discarding_pipeline() -> Telemetry {
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource(Service::App))
+        .with_id_generator(crate::idgen::XrayCompatibleIdGenerator)
+        .with_simple_exporter(RedactingExporter(Discard))
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Telemetry {
+        provider,
+        exporters: vec!["discard"],
+    }
+}

@@ -25,6 +25,7 @@ pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};
 pub use hop::{AttrValue, HopSpan, Role, Span};
 pub use init::{
     COLLECTOR_ENV, FlushOutcome, LOG_ENV, LogTo, Telemetry, TelemetryConfig, TelemetryError, init,
+    install_discarding_pipeline,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};
