@@ -16,7 +16,11 @@ use serde_json::{Value, json};
 use tokentrail::app::{App, CallSpec, Outcome};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 struct Jaeger {
@@ -27,7 +31,13 @@ struct Jaeger {
 }
 
 async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
-    let (otlp_grpc, otlp_http, query, query_grpc, health) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (otlp_grpc, otlp_http, query, query_grpc, health) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let config = format!(
         r#"service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
@@ -86,12 +96,25 @@ exporters:
         .expect("jaeger starts");
     let http = reqwest::Client::new();
     for _ in 0..300 {
-        if http.get(format!("http://127.0.0.1:{query}/api/services")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Jaeger { _child: child, otlp_http, otlp_grpc, query };
+        if http
+            .get(format!("http://127.0.0.1:{query}/api/services"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Jaeger {
+                _child: child,
+                otlp_http,
+                otlp_grpc,
+                query,
+            };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("Jaeger did not start; see {}", dir.join("jaeger.log").display());
+    panic!(
+        "Jaeger did not start; see {}",
+        dir.join("jaeger.log").display()
+    );
 }
 
 /// Poll Jaeger until the trace holds every service in `want`.
@@ -99,10 +122,20 @@ async fn fetch_trace(query: u16, trace_id: &str, want: &[&str]) -> Value {
     let http = reqwest::Client::new();
     let mut last = Value::Null;
     for _ in 0..150 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{query}/api/traces/{trace_id}")).send().await
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{query}/api/traces/{trace_id}"))
+            .send()
+            .await
             && let Ok(v) = r.json::<Value>().await
         {
-            let services: BTreeSet<String> = v["data"][0]["processes"].as_object().map(|p| p.values().filter_map(|x| x["serviceName"].as_str().map(String::from)).collect()).unwrap_or_default();
+            let services: BTreeSet<String> = v["data"][0]["processes"]
+                .as_object()
+                .map(|p| {
+                    p.values()
+                        .filter_map(|x| x["serviceName"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
             if want.iter().all(|w| services.contains(*w)) {
                 return v;
             }
@@ -118,8 +151,13 @@ async fn demo_request_is_one_trace_in_jaeger() {
     let bin = match std::env::var("TOKENTRAIL_JAEGER_BIN") {
         Ok(b) if !b.is_empty() => b,
         _ => {
-            assert!(std::env::var("TOKENTRAIL_REQUIRE_TOOLS").as_deref() != Ok("1"), "TOKENTRAIL_JAEGER_BIN is not set but tools are required");
-            eprintln!("skipped: set TOKENTRAIL_JAEGER_BIN to a Jaeger v2 binary (scripts/test.sh builds one)");
+            assert!(
+                std::env::var("TOKENTRAIL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "TOKENTRAIL_JAEGER_BIN is not set but tools are required"
+            );
+            eprintln!(
+                "skipped: set TOKENTRAIL_JAEGER_BIN to a Jaeger v2 binary (scripts/test.sh builds one)"
+            );
             return;
         }
     };
@@ -128,34 +166,74 @@ async fn demo_request_is_one_trace_in_jaeger() {
 
     // 1. The whole chain, forwarded by the stack's collector over OTLP/HTTP.
     let out = dir.join("out");
-    let stack = support::start_stack(&out, Some(format!("http://127.0.0.1:{}/v1/traces", jaeger.otlp_http))).await;
+    let stack = support::start_stack(
+        &out,
+        Some(format!("http://127.0.0.1:{}/v1/traces", jaeger.otlp_http)),
+    )
+    .await;
     let telemetry = tokentrail::stack::init_app_telemetry(&stack.endpoints).expect("app telemetry");
     let app = App::new(stack.endpoints.clone()).expect("app");
     let r = app
-        .call(&CallSpec { user: "alice".into(), tool: "orders___getOrder".into(), arguments: json!({"orderId": "A-1001"}), fault: None })
+        .call(&CallSpec {
+            user: "alice".into(),
+            tool: "orders___getOrder".into(),
+            arguments: json!({"orderId": "A-1001"}),
+            fault: None,
+        })
         .await
         .expect("call");
     assert_eq!(r.outcome, Outcome::Ok);
     telemetry.flush(Duration::from_secs(5)).await;
     stack.stop().await.expect("stop");
 
-    let services = ["app", "idp", "runtime", "agent", "gateway", "interceptor", "target"];
+    let services = [
+        "app",
+        "idp",
+        "runtime",
+        "agent",
+        "gateway",
+        "interceptor",
+        "target",
+    ];
     let v = fetch_trace(jaeger.query, &r.trace_id, &services).await;
     let trace = &v["data"][0];
-    assert_eq!(trace["traceID"], r.trace_id, "same 128-bit id in Jaeger as in the store (X-Ray-compatible)");
+    assert_eq!(
+        trace["traceID"], r.trace_id,
+        "same 128-bit id in Jaeger as in the store (X-Ray-compatible)"
+    );
     let spans = trace["spans"].as_array().expect("spans");
     let processes = trace["processes"].as_object().expect("processes");
-    let service_of = |s: &Value| processes[s["processID"].as_str().expect("pid")]["serviceName"].as_str().expect("name").to_owned();
-    let by_id: BTreeMap<&str, &Value> = spans.iter().map(|s| (s["spanID"].as_str().expect("id"), s)).collect();
+    let service_of = |s: &Value| {
+        processes[s["processID"].as_str().expect("pid")]["serviceName"]
+            .as_str()
+            .expect("name")
+            .to_owned()
+    };
+    let by_id: BTreeMap<&str, &Value> = spans
+        .iter()
+        .map(|s| (s["spanID"].as_str().expect("id"), s))
+        .collect();
     let mut roots = 0;
     for s in spans {
-        match s["references"].as_array().and_then(|r| r.iter().find(|x| x["refType"] == "CHILD_OF")) {
-            Some(parent) => assert!(by_id.contains_key(parent["spanID"].as_str().expect("pid")), "span {} has its parent in the trace", s["operationName"]),
+        match s["references"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["refType"] == "CHILD_OF"))
+        {
+            Some(parent) => assert!(
+                by_id.contains_key(parent["spanID"].as_str().expect("pid")),
+                "span {} has its parent in the trace",
+                s["operationName"]
+            ),
             None => roots += 1,
         }
     }
     assert_eq!(roots, 1, "one root span");
-    let hop = |name: &str| spans.iter().find(|s| s["operationName"] == name).unwrap_or_else(|| panic!("{name} in Jaeger"));
+    let hop = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["operationName"] == name)
+            .unwrap_or_else(|| panic!("{name} in Jaeger"))
+    };
     let parent_service = |name: &str| {
         let s = hop(name);
         let p = s["references"][0]["spanID"].as_str().expect("parent");
@@ -166,16 +244,36 @@ async fn demo_request_is_one_trace_in_jaeger() {
     assert_eq!(parent_service("gateway.inbound"), "agent");
     assert_eq!(parent_service("gateway.interceptor"), "gateway");
     assert_eq!(parent_service("target.api"), "gateway");
-    let tags = |s: &Value| -> BTreeMap<String, Value> { s["tags"].as_array().map(|t| t.iter().map(|x| (x["key"].as_str().unwrap_or_default().to_owned(), x["value"].clone())).collect()).unwrap_or_default() };
+    let tags = |s: &Value| -> BTreeMap<String, Value> {
+        s["tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .map(|x| {
+                        (
+                            x["key"].as_str().unwrap_or_default().to_owned(),
+                            x["value"].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     assert_eq!(tags(hop("target.api"))["enduser.id"], "alice");
     assert_eq!(tags(hop("target.api"))["tokentrail.pattern"], "passthrough");
-    assert!(!v.to_string().contains("eyJ"), "no token in what Jaeger stored");
+    assert!(
+        !v.to_string().contains("eyJ"),
+        "no token in what Jaeger stored"
+    );
 
     // 2. A hop exporting on its own over OTLP/gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc).
     let mut child = tokio::process::Command::new(support::bin())
         .args(["serve", "target"])
         .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", jaeger.otlp_grpc))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
+        )
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .env("TOKENTRAIL_STOP_ON_STDIN_EOF", "1")
         .env("TOKENTRAIL_LOG", "off")
@@ -194,11 +292,27 @@ async fn demo_request_is_one_trace_in_jaeger() {
         }
     };
     let traceparent = "00-6b0b0c00aaaabbbbccccddddeeeeffff-1111222233334444-01";
-    let resp = reqwest::Client::new().get(format!("{url}/orders")).header("traceparent", traceparent).send().await.expect("call");
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/orders"))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .expect("call");
     assert_eq!(resp.status(), 401);
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let v = fetch_trace(jaeger.query, "6b0b0c00aaaabbbbccccddddeeeeffff", &["target"]).await;
-    assert!(v["data"][0]["spans"].as_array().expect("spans").iter().any(|s| s["operationName"] == "target.api"));
+    let v = fetch_trace(
+        jaeger.query,
+        "6b0b0c00aaaabbbbccccddddeeeeffff",
+        &["target"],
+    )
+    .await;
+    assert!(
+        v["data"][0]["spans"]
+            .as_array()
+            .expect("spans")
+            .iter()
+            .any(|s| s["operationName"] == "target.api")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

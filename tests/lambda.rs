@@ -195,11 +195,14 @@ async fn lambda_front_doors_under_cargo_lambda() {
     let ok = first.expect("the interceptor answered through the emulator");
     // Flushed before the invocation returned: the collector already holds its spans.
     let spans = telemetry::otlp::read_store(collector.path()).unwrap_or_default();
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.service == "interceptor" && s.name == "gateway.interceptor"),
-        "interceptor span exported before the invocation returned"
+    let first_span = spans
+        .iter()
+        .find(|s| s.service == "interceptor" && s.name == "gateway.interceptor")
+        .expect("interceptor span exported before the invocation returned");
+    assert_eq!(
+        first_span.attributes.get("faas.coldstart"),
+        Some(&json!(true)),
+        "the first invocation is a cold start"
     );
     assert_eq!(ok["interceptorOutputVersion"], "1.0");
     let treq = &ok["mcp"]["transformedGatewayRequest"];
@@ -289,6 +292,14 @@ async fn lambda_front_doors_under_cargo_lambda() {
     assert!(
         spans.iter().all(|s| s.span_id != hop.parent_span_id),
         "its parent is remote (the runtime's segment)"
+    );
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "gateway.interceptor")
+            .skip(1)
+            .all(|s| s.attributes.get("faas.coldstart") == Some(&json!(false))),
+        "later invocations are warm"
     );
     assert!(
         spans.iter().all(|s| s.name != "Lambda runtime invoke"),

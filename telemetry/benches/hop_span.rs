@@ -4,7 +4,10 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use secrecy::SecretString;
-use telemetry::{ClaimSummary, CredentialKind, CredentialProvenance, FailureReason, Hop, HopSpan, Pattern, TraceContext};
+use telemetry::{
+    ClaimSummary, CredentialKind, CredentialProvenance, FailureReason, Hop, HopSpan, Pattern,
+    TraceContext,
+};
 
 fn bench(c: &mut Criterion) {
     let _t = telemetry::install_discarding_pipeline();
@@ -24,7 +27,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut span = HopSpan::hop(Hop::Target, Pattern::Passthrough, &parent);
             span.carrier("header:authorization");
-            span.credential(&CredentialProvenance::verified(CredentialKind::UserJwt, &token, claims.clone()));
+            span.credential(&CredentialProvenance::verified(
+                CredentialKind::UserJwt,
+                &token,
+                claims.clone(),
+            ));
             span.enduser("alice");
             span.ok();
             span.end();
@@ -33,12 +40,19 @@ fn bench(c: &mut Criterion) {
     c.bench_function("hop_span_rejection_redacted_export", |b| {
         b.iter(|| {
             let mut span = HopSpan::hop(Hop::Interceptor, Pattern::Passthrough, &parent);
-            span.credential(&CredentialProvenance::opaque(CredentialKind::UserJwt, &token));
+            span.credential(&CredentialProvenance::opaque(
+                CredentialKind::UserJwt,
+                &token,
+            ));
             span.reject(FailureReason::Expired);
             span.end();
         })
     });
-    c.bench_function("scrub_clean_string", |b| b.iter(|| telemetry::redact::scrub("gateway.interceptor rejected the request: expired").len()));
+    c.bench_function("scrub_clean_string", |b| {
+        b.iter(|| {
+            telemetry::redact::scrub("gateway.interceptor rejected the request: expired").len()
+        })
+    });
 }
 
 criterion_group!(benches, bench);

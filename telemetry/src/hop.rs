@@ -77,6 +77,19 @@ impl From<AttrValue> for Value {
     }
 }
 
+/// In Lambda, `Some(true)` for the first hop span of the execution environment and
+/// `Some(false)` afterwards; `None` outside Lambda.
+fn lambda_cold_start() -> Option<bool> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static IN_LAMBDA: OnceLock<bool> = OnceLock::new();
+    static WARM: AtomicBool = AtomicBool::new(false);
+    if !*IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()) {
+        return None;
+    }
+    Some(!WARM.swap(true, Ordering::Relaxed))
+}
+
 /// What kind of span to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -116,11 +129,14 @@ impl Span {
         } else {
             Role::Server
         };
-        let attributes = vec![
+        let mut attributes = vec![
             KeyValue::new(attrs::PATTERN, pattern.as_str()),
             KeyValue::new(attrs::HOP_NAME, hop.as_str()),
             KeyValue::new(attrs::HOP_INDEX, hop.index()),
         ];
+        if let Some(cold) = lambda_cold_start() {
+            attributes.push(KeyValue::new(attrs::semconv::FAAS_COLDSTART, cold));
+        }
         Self::open(Cow::Borrowed(hop.as_str()), role, parent, attributes)
     }
 

@@ -208,7 +208,10 @@ fn build_otlp_http(
 
 /// Build exporters. Runs on its own thread: the blocking HTTP client must not be created inside
 /// an async runtime.
-fn build_provider(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+fn build_provider(
+    cfg: &TelemetryConfig,
+    grpc: Option<opentelemetry_otlp::SpanExporter>,
+) -> Result<Telemetry, TelemetryError> {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource(cfg.service))
         .with_id_generator(crate::idgen::XrayCompatibleIdGenerator);
@@ -236,13 +239,10 @@ fn build_provider(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                 exporters.push("otlp-http");
             }
             "grpc" => {
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .build()
-                    .map_err(|e| TelemetryError::Exporter {
-                        which: "otlp-grpc",
-                        reason: e.to_string(),
-                    })?;
+                let exporter = grpc.ok_or_else(|| TelemetryError::Exporter {
+                    which: "otlp-grpc",
+                    reason: "not constructed".into(),
+                })?;
                 builder = builder.with_span_processor(batch(exporter));
                 exporters.push("otlp-grpc");
             }
@@ -258,8 +258,32 @@ fn build_provider(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 /// Start telemetry for this process: tracer provider (installed globally), W3C + X-Ray
 /// propagation helpers, and a `tracing` subscriber with the OpenTelemetry layer and JSON logs.
 pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    // The gRPC (tonic) exporter binds to the caller's Tokio runtime, so it is built here; the
+    // HTTP exporters' blocking client must not be built inside a runtime, so they are built on a
+    // thread of their own.
+    let grpc =
+        if cfg.otlp_from_env && otlp_env_endpoint().is_some() && otlp_env_protocol() == "grpc" {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(TelemetryError::Exporter {
+                    which: "otlp-grpc",
+                    reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one"
+                        .into(),
+                });
+            }
+            Some(
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .build()
+                    .map_err(|e| TelemetryError::Exporter {
+                        which: "otlp-grpc",
+                        reason: e.to_string(),
+                    })?,
+            )
+        } else {
+            None
+        };
     let cfg_for_thread = cfg.clone();
-    let telemetry = std::thread::spawn(move || build_provider(&cfg_for_thread))
+    let telemetry = std::thread::spawn(move || build_provider(&cfg_for_thread, grpc))
         .join()
         .map_err(|_| TelemetryError::Exporter {
             which: "any",
@@ -386,9 +410,13 @@ mod tests {
         assert!(dump.contains("expired"));
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn flush_is_bounded_even_when_the_exporter_hangs_on_a_current_thread_runtime() {
+    #[test]
+    fn flush_is_bounded_even_when_the_exporter_hangs_on_a_current_thread_runtime() {
         use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Hang).build())
             .build();
@@ -398,10 +426,12 @@ mod tests {
         };
         provider.tracer("t").in_span("work", |_| {});
         let started = std::time::Instant::now();
-        let outcome = telemetry.flush(Duration::from_millis(300)).await;
+        let outcome = rt.block_on(telemetry.flush(Duration::from_millis(300)));
         assert_ne!(outcome, FlushOutcome::Flushed);
-        // Generous bound: the point is that it returns at all.
-        assert!(started.elapsed() < Duration::from_secs(20));
+        // Generous bound: the point is that it returns at all, long before the SDK gives up.
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // Do not wait for the stuck flush thread when the runtime goes away.
+        rt.shutdown_timeout(Duration::ZERO);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -11,15 +11,34 @@ fn bench(c: &mut Criterion) {
     let _t = telemetry::install_discarding_pipeline();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (issuer, token) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-        let idp = local::idp::Idp::new(issuer.clone(), local::idp::IdpConfig::default_config().expect("cfg")).expect("idp");
+        let idp = local::idp::Idp::new(
+            issuer.clone(),
+            local::idp::IdpConfig::default_config().expect("cfg"),
+        )
+        .expect("idp");
         tokio::spawn(async move { axum::serve(listener, local::idp::router(idp)).await });
         let v: serde_json::Value = reqwest::Client::new()
             .post(format!("{issuer}/token"))
-            .form(&[("grant_type", "password"), ("client_id", "tokentrail-app"), ("username", "alice"), ("password", "alice-password")])
-            .send().await.expect("token").json().await.expect("json");
-        (issuer, v["access_token"].as_str().expect("token").to_owned())
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "tokentrail-app"),
+                ("username", "alice"),
+                ("password", "alice-password"),
+            ])
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        (
+            issuer,
+            v["access_token"].as_str().expect("token").to_owned(),
+        )
     });
     let config = InterceptorConfig {
         user_token_header: "X-Custom-UserToken".into(),
@@ -28,15 +47,25 @@ fn bench(c: &mut Criterion) {
         audiences: vec![],
         leeway_s: 30,
     };
-    let deps = Deps { verifier: config.verifier().expect("verifier"), config };
+    let deps = Deps {
+        verifier: config.verifier().expect("verifier"),
+        config,
+    };
     let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"orders___getOrder","arguments":{"orderId":"A-1001"}}});
     let event = json!({"interceptorInputVersion":"1.0","mcp":{"rawGatewayRequest":{"body":body.to_string()},"gatewayRequest":{"path":"/mcp","httpMethod":"POST","headers":{"x-custom-usertoken": token},"body":body}}});
     let parent = TraceContext::none();
     let warm = rt.block_on(handle(&event, &parent, &deps));
-    assert!(warm["mcp"].get("transformedGatewayRequest").is_some(), "{warm}");
-    c.bench_function("interceptor_core_valid_token", |b| b.iter(|| rt.block_on(handle(&event, &parent, &deps))));
+    assert!(
+        warm["mcp"].get("transformedGatewayRequest").is_some(),
+        "{warm}"
+    );
+    c.bench_function("interceptor_core_valid_token", |b| {
+        b.iter(|| rt.block_on(handle(&event, &parent, &deps)))
+    });
     let denied = json!({"interceptorInputVersion":"1.0","mcp":{"rawGatewayRequest":{"body":body.to_string()},"gatewayRequest":{"path":"/mcp","httpMethod":"POST","headers":{},"body":body}}});
-    c.bench_function("interceptor_core_missing_token", |b| b.iter(|| rt.block_on(handle(&denied, &parent, &deps))));
+    c.bench_function("interceptor_core_missing_token", |b| {
+        b.iter(|| rt.block_on(handle(&denied, &parent, &deps)))
+    });
 }
 
 criterion_group!(benches, bench);
