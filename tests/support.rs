@@ -39,6 +39,7 @@ pub async fn start_stack(out: &Path, forward_to: Option<String>) -> Stack {
         out: out.to_owned(),
         binary: bin(),
         forward_to,
+        extra_env: Vec::new(),
     };
     Stack::start(&opts).await.expect("stack starts")
 }

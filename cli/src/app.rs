@@ -203,7 +203,18 @@ impl App {
         spec: &CallSpec,
         token: SecretString,
     ) -> Result<CallResult> {
-        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, &TraceContext::none());
+        self.call_with_token_under(spec, token, &TraceContext::none())
+            .await
+    }
+
+    /// As [`App::call_with_token`], under a given parent (e.g. an unsampled one).
+    pub async fn call_with_token_under(
+        &self,
+        spec: &CallSpec,
+        token: SecretString,
+        parent: &TraceContext,
+    ) -> Result<CallResult> {
+        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, parent);
         self.send(span, spec, Some(token), Instant::now()).await
     }
 

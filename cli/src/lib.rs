@@ -8,6 +8,7 @@
 //! | `demo` | [`demo`]: stack + scripted requests + summary |
 
 pub mod app;
+pub mod bench;
 pub mod demo;
 pub mod serve;
 pub mod stack;
@@ -68,6 +69,21 @@ pub enum Command {
         #[arg(long, default_value = "tokentrail-out")]
         out: PathBuf,
     },
+    /// Measure the chain's throughput and latency with tracing on and off, in the same run.
+    Bench {
+        /// Where results (bench.json), telemetry and logs go.
+        #[arg(long, default_value = "tokentrail-out/bench")]
+        out: PathBuf,
+        /// Requests per mode.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rounds per mode (alternating between modes).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// Start the stack, send a scripted mix of good and bad requests, print what happened.
     Demo {
         /// Where telemetry and logs go.
@@ -104,6 +120,12 @@ pub fn main() -> ExitCode {
                 out,
             } => app::call_command(&out, &user, order, token_fault).await,
             Command::Demo { out, requests } => demo::run(&out, requests).await,
+            Command::Bench {
+                out,
+                requests,
+                concurrency,
+                rounds,
+            } => bench::run(&out, requests, concurrency, rounds).await,
         }
     });
     match result {

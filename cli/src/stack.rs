@@ -47,6 +47,8 @@ pub struct StackOptions {
     pub binary: PathBuf,
     /// Forward every export to this OTLP/HTTP traces URL too.
     pub forward_to: Option<String>,
+    /// Extra environment for every hop.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl StackOptions {
@@ -56,6 +58,7 @@ impl StackOptions {
             out: out.to_owned(),
             binary: std::env::current_exe().context("cannot locate the tokentrail executable")?,
             forward_to: otlp_forward_url(),
+            extra_env: Vec::new(),
         })
     }
 }
@@ -206,6 +209,7 @@ impl Stack {
         env.insert(telemetry::fingerprint::KEY_ENV.to_owned(), hex::encode(key));
         env.insert("TOKENTRAIL_STOP_ON_STDIN_EOF".to_owned(), "1".to_owned());
         env.insert("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned());
+        env.extend(opts.extra_env.iter().cloned());
         // The parent's own fingerprints must match the children's.
         telemetry::fingerprint::install_key(&secrecy::SecretString::from(hex::encode(key)));
 
