@@ -8,20 +8,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokentrail::app::{App, CallSpec, Outcome};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Jaeger {
     _child: tokio::process::Child,
@@ -32,11 +23,11 @@ struct Jaeger {
 
 async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
     let (otlp_grpc, otlp_http, query, query_grpc, health) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
     );
     let config = format!(
         r#"service:

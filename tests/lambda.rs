@@ -8,7 +8,6 @@
 //! makes a missing tool a failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -32,14 +31,6 @@ fn cargo_lambda() -> Option<PathBuf> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 async fn wait_port(port: u16) {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -61,7 +52,7 @@ struct Function {
 }
 
 async fn start_function(cargo_lambda: &PathBuf, hop: &str, env: &[(&str, String)]) -> Function {
-    let port = free_port();
+    let port = support::free_port();
     let emulator = Command::new(cargo_lambda)
         .args([
             "lambda",
@@ -107,16 +98,9 @@ async fn lambda_front_doors_under_cargo_lambda() {
     let Some(cl) = cargo_lambda() else { return };
     let out = support::tempdir("lambda");
     // IdP and collector, in process.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let (issuer, _idp) = local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
         .await
-        .expect("bind");
-    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-    let idp = local::idp::Idp::new(
-        issuer.clone(),
-        local::idp::IdpConfig::default_config().expect("cfg"),
-    )
-    .expect("idp");
-    tokio::spawn(async move { axum::serve(listener, local::idp::router(idp)).await });
+        .expect("idp starts");
     let collector = local::collector::Collector::open(&out, None)
         .await
         .expect("collector");

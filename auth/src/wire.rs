@@ -75,3 +75,13 @@ impl Rejection {
         serde_json::from_value(candidate).ok()
     }
 }
+
+/// The reason for a failed call to another service: `upstream_timeout` when it did not answer in
+/// time, `upstream_unavailable` otherwise.
+pub fn transport_failure(e: &reqwest::Error) -> FailureReason {
+    if e.is_timeout() {
+        FailureReason::UpstreamTimeout
+    } else {
+        FailureReason::UpstreamUnavailable
+    }
+}

@@ -144,9 +144,7 @@ impl App {
             form.push(("tokentrail_ttl_s", t.to_string()));
         }
         let mut req = self.http.post(&url).form(&form);
-        for (k, v) in span.context().header_pairs() {
-            req = req.header(k, v);
-        }
+        req = req.headers(span.context().http_headers());
         let resp = req.send().await.context("the IdP could not be reached")?;
         let status = resp.status();
         span.attr(semconv::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
@@ -253,9 +251,7 @@ impl App {
         if let Some(t) = &token {
             req = req.header(USER_HEADER, t.expose_secret());
         }
-        for (k, v) in call.context().header_pairs() {
-            req = req.header(k, v);
-        }
+        req = req.headers(call.context().http_headers());
         let resp = req
             .send()
             .await

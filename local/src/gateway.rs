@@ -433,15 +433,9 @@ async fn invoke_interceptor(
     call.attr(semconv::URL_FULL, ic.invoke_url.clone());
     call.attr("faas.invoked_name", "interceptor");
     let mut req = st.http.post(&ic.invoke_url).timeout(ic.timeout).json(event);
-    for (k, v) in call.context().header_pairs() {
-        req = req.header(k, v);
-    }
+    req = req.headers(call.context().http_headers());
     let resp = req.send().await.map_err(|e| {
-        let reason = if e.is_timeout() {
-            FailureReason::UpstreamTimeout
-        } else {
-            FailureReason::UpstreamUnavailable
-        };
+        let reason = auth::wire::transport_failure(&e);
         call.fail(reason.as_str());
         reason
     })?;
@@ -596,20 +590,14 @@ async fn tools_call(
     if let Some(authz) = interceptor_headers.get("authorization") {
         req = req.header(header::AUTHORIZATION, authz.as_str());
     }
-    for (k, v) in call.context().header_pairs() {
-        req = req.header(k, v);
-    }
+    req = req.headers(call.context().http_headers());
     if tool.method != "GET" {
         req = req.json(&args);
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            let reason = if e.is_timeout() {
-                FailureReason::UpstreamTimeout
-            } else {
-                FailureReason::UpstreamUnavailable
-            };
+            let reason = auth::wire::transport_failure(&e);
             call.fail(reason.as_str());
             drop(call);
             return fail_closed(span, id, reason, "the target could not be reached");

@@ -232,6 +232,22 @@ impl Idp {
     }
 }
 
+/// Start an IdP with `config` on a free loopback port (its issuer is its base URL).
+pub async fn spawn(
+    config: IdpConfig,
+) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>), IdpError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| IdpError::Config(format!("cannot listen: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| IdpError::Config(e.to_string()))?;
+    let issuer = format!("http://{addr}");
+    let app = router(Idp::new(issuer.clone(), config)?);
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((issuer, task))
+}
+
 /// The router: discovery, JWKS, token, rotation.
 pub fn router(idp: Arc<Idp>) -> Router {
     Router::new()

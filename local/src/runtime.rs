@@ -292,11 +292,7 @@ async fn invoke(
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            let reason = if e.is_timeout() {
-                FailureReason::UpstreamTimeout
-            } else {
-                FailureReason::UpstreamUnavailable
-            };
+            let reason = auth::wire::transport_failure(&e);
             call.fail(reason.as_str());
             drop(call);
             span.reject(reason);

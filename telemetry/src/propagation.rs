@@ -79,6 +79,13 @@ impl TraceContext {
         self.inject_into(&mut inj);
     }
 
+    /// The propagation headers as an HTTP header map, to attach to an outgoing request.
+    pub fn http_headers(&self) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        self.inject_headers(&mut h);
+        h
+    }
+
     /// Inject into a string map (lower-case names, as in the interceptor event).
     pub fn inject_map<M: StringMap>(&self, map: &mut M) {
         let mut inj = MapInjector(map);

@@ -157,17 +157,11 @@ pub async fn handle(
     if let Some(t) = &user_token {
         req = req.header(deps.config.gateway_user_header.as_str(), t.expose_secret());
     }
-    for (k, v) in call.context().header_pairs() {
-        req = req.header(k, v);
-    }
+    req = req.headers(call.context().http_headers());
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            let reason = if e.is_timeout() {
-                FailureReason::UpstreamTimeout
-            } else {
-                FailureReason::UpstreamUnavailable
-            };
+            let reason = auth::wire::transport_failure(&e);
             call.fail(reason.as_str());
             return rejected(
                 &mut span,

@@ -96,9 +96,7 @@ impl TokenSource {
             ("client_secret", self.client_secret.expose_secret()),
             ("scope", self.scope.as_str()),
         ]);
-        for (k, v) in span.context().header_pairs() {
-            req = req.header(k, v);
-        }
+        req = req.headers(span.context().http_headers());
         let resp = req.send().await.map_err(|e| {
             span.fail("unreachable");
             TokenError::Unreachable(e.without_url().to_string())

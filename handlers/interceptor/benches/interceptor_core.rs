@@ -11,16 +11,10 @@ fn bench(c: &mut Criterion) {
     let _t = telemetry::install_discarding_pipeline();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (issuer, token) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-        let idp = local::idp::Idp::new(
-            issuer.clone(),
-            local::idp::IdpConfig::default_config().expect("cfg"),
-        )
-        .expect("idp");
-        tokio::spawn(async move { axum::serve(listener, local::idp::router(idp)).await });
+        let (issuer, _idp) =
+            local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
+                .await
+                .expect("idp starts");
         let v: serde_json::Value = reqwest::Client::new()
             .post(format!("{issuer}/token"))
             .form(&[

@@ -7,16 +7,9 @@ use serde_json::{Value, json};
 use telemetry::TraceContext;
 
 async fn setup() -> (Deps, String, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let (issuer, _idp) = local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
         .await
-        .expect("bind");
-    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-    let idp = local::idp::Idp::new(
-        issuer.clone(),
-        local::idp::IdpConfig::default_config().expect("cfg"),
-    )
-    .expect("idp");
-    tokio::spawn(async move { axum::serve(listener, local::idp::router(idp)).await });
+        .expect("idp starts");
     let http = reqwest::Client::new();
     let mut tokens = Vec::new();
     for ttl in ["300", "-120"] {
