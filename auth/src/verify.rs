@@ -128,11 +128,29 @@ pub fn decode_unverified(token: &SecretString) -> Result<ClaimSummary, AuthError
     Ok(claims.summary(header.kid.as_deref(), header.alg.as_deref()))
 }
 
+/// A token that verified once, remembered by the SHA-256 of its exact bytes.
+#[derive(Debug, Clone)]
+struct Remembered {
+    token: VerifiedToken,
+    at: std::time::Instant,
+}
+
+/// Most tokens remembered; beyond that, expired entries are dropped (then everything).
+const REMEMBER_MAX: usize = 10_000;
+/// How long a verification is reused (also bounded by the token's own `exp`).
+const REMEMBER_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Verifies tokens of one issuer.
+///
+/// A token that verified is remembered for up to 60 s (keyed by the SHA-256 of its exact bytes,
+/// so any change to it is a different token): presenting it again costs a hash and a lookup
+/// instead of an RSA verification. Time-based claims (`exp`, `nbf`) are checked again on every
+/// use.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     policy: IssuerPolicy,
     jwks: Arc<JwksCache>,
+    remembered: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Remembered>>>,
 }
 
 impl Verifier {
@@ -142,7 +160,62 @@ impl Verifier {
         policy
             .algorithms
             .retain(|a| matches!(a, Algorithm::RS256 | Algorithm::ES256));
-        Self { policy, jwks }
+        Self {
+            policy,
+            jwks,
+            remembered: Arc::default(),
+        }
+    }
+
+    fn digest(raw: &str) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    fn recall(&self, key: &[u8; 32]) -> Option<Result<VerifiedToken, AuthError>> {
+        let hit = self
+            .remembered
+            .lock()
+            .ok()?
+            .get(key)
+            .filter(|r| r.at.elapsed() < REMEMBER_FOR)
+            .map(|r| r.token.clone())?;
+        let now = crate::mint::now_epoch();
+        let leeway = self.policy.leeway_s as i64;
+        if hit.claims.exp + leeway < now {
+            return Some(Err(AuthError::new(
+                FailureReason::Expired,
+                "exp is in the past",
+            )));
+        }
+        if hit.claims.nbf.is_some_and(|nbf| nbf - leeway > now) {
+            return Some(Err(AuthError::new(
+                FailureReason::NotYetValid,
+                "nbf is in the future",
+            )));
+        }
+        Some(Ok(hit))
+    }
+
+    fn remember(&self, key: [u8; 32], token: &VerifiedToken) {
+        if let Ok(mut m) = self.remembered.lock() {
+            if m.len() >= REMEMBER_MAX {
+                let now = crate::mint::now_epoch();
+                m.retain(|_, r| r.at.elapsed() < REMEMBER_FOR && r.token.claims.exp > now);
+                if m.len() >= REMEMBER_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(
+                key,
+                Remembered {
+                    token: token.clone(),
+                    at: std::time::Instant::now(),
+                },
+            );
+        }
     }
 
     /// The JWKS cache.
@@ -162,6 +235,25 @@ impl Verifier {
         if raw.is_empty() {
             return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
         }
+        let key = Self::digest(raw);
+        if let Some(result) = self.recall(&key) {
+            return result;
+        }
+        let verified = self.verify_fully(raw).await?;
+        self.remember(key, &verified);
+        Ok(verified)
+    }
+
+    /// Verify without consulting or filling the memory of verified tokens (benchmarks, tests).
+    pub async fn verify_uncached(&self, token: &SecretString) -> Result<VerifiedToken, AuthError> {
+        let raw = token.expose_secret();
+        if raw.is_empty() {
+            return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
+        }
+        self.verify_fully(raw).await
+    }
+
+    async fn verify_fully(&self, raw: &str) -> Result<VerifiedToken, AuthError> {
         let header = parse_header(raw)?;
         let alg_text = header.alg.unwrap_or_default();
         let alg = match alg_text.as_str() {

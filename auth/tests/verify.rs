@@ -248,3 +248,29 @@ async fn unknown_kid_flood_fetches_at_most_once_per_interval() {
         v.jwks().fetch_count()
     );
 }
+
+#[tokio::test]
+async fn a_remembered_verification_still_expires() {
+    let idp = start_idp().await;
+    let jwks = JwksCache::new(JwksConfig::new(format!(
+        "{}/.well-known/openid-configuration",
+        idp.base
+    )))
+    .expect("cache");
+    let mut policy = IssuerPolicy::new(idp.base.clone(), vec!["target-api".into()]);
+    policy.leeway_s = 0;
+    let v = Verifier::new(policy, jwks);
+    let mut c = claims(&idp);
+    c["exp"] = json!(now_epoch() + 1);
+    let t = idp.key.sign(&c).expect("sign");
+    v.verify(&t).await.expect("valid now");
+    v.verify(&t).await.expect("remembered");
+    let fetches = v.jwks().fetch_count();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        reason(v.verify(&t).await),
+        FailureReason::Expired,
+        "exp is checked on every use"
+    );
+    assert_eq!(v.jwks().fetch_count(), fetches);
+}

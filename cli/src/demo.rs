@@ -159,6 +159,8 @@ pub async fn run(out: &Path, requests: usize) -> Result<ExitCode> {
     let telemetry = crate::stack::init_app_telemetry(&stack.endpoints)?;
     if let Some(f) = &opts.forward_to {
         println!("forwarding traces to {f}");
+    } else if let Ok(e) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        println!("every hop also exports over OTLP/gRPC to {e}");
     }
     println!("passthrough pattern: app → runtime → agent → gateway → interceptor → target\n");
     println!("{}", app::TABLE_HEADER);

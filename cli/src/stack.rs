@@ -63,8 +63,23 @@ impl StackOptions {
     }
 }
 
-/// The OTLP/HTTP traces URL from the standard variables, if any.
+/// Whether the standard variables ask for OTLP/gRPC.
+fn otlp_grpc_requested() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    .is_some_and(|p| p == "grpc")
+}
+
+/// The OTLP/HTTP traces URL the collector forwards to, from the standard variables. With
+/// OTLP/gRPC requested there is none: every hop then exports over gRPC itself.
 pub fn otlp_forward_url() -> Option<String> {
+    if otlp_grpc_requested() {
+        return None;
+    }
     if let Ok(v) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         && !v.is_empty()
     {
@@ -324,7 +339,8 @@ pub fn init_app_telemetry(endpoints: &Endpoints) -> Result<telemetry::Telemetry>
     Ok(telemetry::init(telemetry::TelemetryConfig {
         service: telemetry::Service::App,
         collector_endpoint: Some(endpoints.collector.clone()),
-        otlp_from_env: false,
+        // Over OTLP/HTTP the collector forwards for the app; over gRPC the app exports itself.
+        otlp_from_env: otlp_grpc_requested(),
         log_to: telemetry::LogTo::File(logs.join("app.log")),
         export_timeout: Duration::from_secs(5),
     })?)

@@ -275,7 +275,13 @@ async fn mcp(
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Response {
-    let parent = propagation::extract_headers(&headers);
+    // HTTP trace headers first; an MCP client that only sets `params._meta` is honoured too.
+    let mut parent = propagation::extract_headers(&headers);
+    if !parent.is_valid()
+        && let Ok(body) = serde_json::from_slice::<Value>(&raw)
+    {
+        parent = propagation::extract_mcp_meta(&body);
+    }
     let mut span = HopSpan::hop(Hop::Gateway, Pattern::Passthrough, &parent);
     let resp = parent
         .scope(mcp_inner(&st, &headers, &raw, &mut span))
