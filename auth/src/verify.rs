@@ -229,7 +229,7 @@ impl Verifier {
     }
 
     /// Verify `token`.
-    #[instrument(skip_all, name = "jwt.verify")]
+    #[instrument(skip_all, level = "debug", name = "jwt.verify")]
     pub async fn verify(&self, token: &SecretString) -> Result<VerifiedToken, AuthError> {
         let raw = token.expose_secret();
         if raw.is_empty() {

@@ -141,6 +141,9 @@ pub async fn run(
             let (t, l) = round(app, &tokens[i], per_worker, *sampled).await?;
             time[i] += t;
             lat[i].extend(l);
+            // Let the batch exporters drain (OTEL_BSP_SCHEDULE_DELAY is 200 ms in the stack) so
+            // one mode's exports do not run during the other mode's round.
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     telemetry.flush(Duration::from_secs(5)).await;

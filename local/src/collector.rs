@@ -12,13 +12,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use std::io::Write;
 use telemetry::otlp::{TraceExport, success_response};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 /// Collector state.
 pub struct Collector {
-    file: Mutex<tokio::fs::File>,
+    file: std::sync::Mutex<std::fs::File>,
     path: PathBuf,
     forward: Option<(reqwest::Client, String)>,
     spans: AtomicU64,
@@ -40,11 +39,10 @@ impl Collector {
     pub async fn open(dir: &Path, forward_to: Option<String>) -> std::io::Result<Arc<Self>> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join("traces.jsonl");
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .await?;
+            .open(&path)?;
         let forward = match forward_to {
             Some(url) => Some((
                 reqwest::Client::builder()
@@ -56,7 +54,7 @@ impl Collector {
             None => None,
         };
         Ok(Arc::new(Self {
-            file: Mutex::new(file),
+            file: std::sync::Mutex::new(file),
             path,
             forward,
             spans: AtomicU64::new(0),
@@ -84,11 +82,14 @@ impl Collector {
         let mut line = export.to_json_line().map_err(|e| e.to_string())?;
         line.push('\n');
         {
-            let mut f = self.file.lock().await;
+            // One append per export, straight to the file (small, so no detour through the
+            // blocking pool); the lock keeps lines whole.
+            let mut f = self
+                .file
+                .lock()
+                .map_err(|_| "the span store lock is poisoned".to_owned())?;
             f.write_all(line.as_bytes())
-                .await
                 .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
-            f.flush().await.map_err(|e| e.to_string())?;
         }
         self.spans
             .fetch_add(export.span_count() as u64, Ordering::Relaxed);

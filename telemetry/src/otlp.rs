@@ -80,11 +80,15 @@ impl TraceExport {
             .sum()
     }
 
-    /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings.
+    /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's
+    /// patterns never span a quote or a backslash, so scrubbing the encoded text keeps it valid
+    /// JSON.
     pub fn to_json_line(&self) -> Result<String, OtlpError> {
-        let mut value = serde_json::to_value(&self.0)?;
-        crate::redact::scrub_json(&mut value);
-        Ok(value.to_string())
+        let line = serde_json::to_string(&self.0)?;
+        Ok(match crate::redact::scrub(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(clean) => clean,
+        })
     }
 
     /// Protobuf encoding (for forwarding).

@@ -35,6 +35,16 @@ static AWS_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9/+=]{40,}").expect("valid aws secret regex")
 });
 
+// One pass to decide whether anything needs a closer look (the common case: nothing does).
+static ANY: LazyLock<Regex> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    Regex::new(r"(?i)e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.|\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/=-]|[A-Za-z0-9/+=]{40}")
+        .expect("valid prefilter regex")
+});
+
+/// Shortest string any pattern can match.
+const SHORTEST: usize = 8;
+
 /// Whether `s` contains something JWT-shaped.
 pub fn contains_jwt(s: &str) -> bool {
     JWT.is_match(s)
@@ -58,6 +68,9 @@ fn looks_like_aws_secret(candidate: &str) -> bool {
 
 /// Scrub secrets from `s`. Borrowed when nothing was found (the common case costs one scan).
 pub fn scrub(s: &str) -> Cow<'_, str> {
+    if s.len() < SHORTEST || !ANY.is_match(s) {
+        return Cow::Borrowed(s);
+    }
     let mut out = Cow::Borrowed(s);
     if BEARER.is_match(&out) {
         out = Cow::Owned(BEARER.replace_all(&out, BEARER_REDACTED).into_owned());

@@ -81,7 +81,7 @@ impl TokenSource {
     }
 
     /// A valid token: cached, or fetched (one fetch at a time).
-    #[instrument(skip_all, name = "m2m.token")]
+    #[instrument(skip_all, level = "debug", name = "m2m.token")]
     pub async fn token(&self, parent: &TraceContext) -> Result<SecretString, TokenError> {
         let mut guard = self.cached.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| Instant::now() < c.refresh_at) {
