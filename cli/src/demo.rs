@@ -112,20 +112,6 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[idx.min(sorted_ms.len() - 1)]
 }
 
-/// Run the scripted requests against a running stack. Returns the results with a flag telling
-/// whether each matched its expectation.
-pub async fn run_script(app: &App, requests: usize) -> Result<Vec<(CallResult, Outcome, bool)>> {
-    let cases = script();
-    let mut results = Vec::with_capacity(requests);
-    for i in 0..requests {
-        let c = &cases[i % cases.len()];
-        let r = app.call(&c.spec).await?;
-        let matched = r.outcome == c.expect;
-        results.push((r, c.expect.clone(), matched));
-    }
-    Ok(results)
-}
-
 /// Files under `dir` that contain a JWT-shaped string.
 pub fn scan_for_jwts(dir: &Path) -> Vec<String> {
     let mut hits = Vec::new();

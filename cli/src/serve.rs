@@ -173,6 +173,25 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
     })
 }
 
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn interrupt_or_terminate() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
 async fn stop_signal() {
     let stdin_eof = async {
         if std::env::var("TOKENTRAIL_STOP_ON_STDIN_EOF").as_deref() == Ok("1") {
@@ -187,21 +206,9 @@ async fn stop_signal() {
             std::future::pending::<()>().await;
         }
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
+        _ = interrupt_or_terminate() => {},
         _ = stdin_eof => {},
-        _ = term => {},
     }
 }
 

@@ -380,9 +380,7 @@ pub async fn up(out: &Path) -> Result<()> {
         "try: tokentrail call --user alice --out {}",
         e.out.display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
+    crate::serve::interrupt_or_terminate().await;
     println!("stopping…");
     stack.stop().await
 }
