@@ -77,35 +77,60 @@ impl Collector {
         &self.path
     }
 
-    /// Store (and forward) one export.
-    pub async fn accept(&self, export: &TraceExport) -> Result<(), String> {
-        let mut line = export.to_json_line().map_err(|e| e.to_string())?;
+    /// Decode one export, encode it as OTLP/JSON and append it to the store. CPU and file work:
+    /// the receiver runs it on the blocking pool so the async workers stay free.
+    pub fn store(&self, content_type: &str, body: &[u8]) -> Result<TraceExport, StoreError> {
+        let export = TraceExport::decode(content_type, body)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut line = export
+            .to_json_line()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         line.push('\n');
         {
-            // One append per export, straight to the file (small, so no detour through the
-            // blocking pool); the lock keeps lines whole.
+            // The lock keeps lines whole.
             let mut f = self
                 .file
                 .lock()
-                .map_err(|_| "the span store lock is poisoned".to_owned())?;
-            f.write_all(line.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+                .map_err(|_| StoreError::Unavailable("the span store lock is poisoned".into()))?;
+            f.write_all(line.as_bytes()).map_err(|e| {
+                StoreError::Unavailable(format!("cannot write {}: {e}", self.path.display()))
+            })?;
         }
         self.spans
             .fetch_add(export.span_count() as u64, Ordering::Relaxed);
+        Ok(export)
+    }
+
+    /// Forward one export (as OTLP/HTTP protobuf) when a forward target is configured. Failures
+    /// are counted, never fatal: the store has the data.
+    pub async fn forward(&self, protobuf: Vec<u8>) {
         if let Some((client, url)) = &self.forward {
             let sent = client
                 .post(url)
                 .header(header::CONTENT_TYPE, telemetry::otlp::PROTOBUF)
-                .body(export.to_protobuf())
+                .body(protobuf)
                 .send()
                 .await;
             if !matches!(&sent, Ok(r) if r.status().is_success()) {
                 self.forward_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
     }
+
+    fn forwards(&self) -> bool {
+        self.forward.is_some()
+    }
+}
+
+/// Why an export was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The body is not an OTLP trace export.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot be written.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Router: `POST /v1/traces`, `GET /healthz`.
@@ -141,12 +166,27 @@ async fn receive(
         )
             .into_response();
     }
-    let export = match TraceExport::decode(&ct, &body) {
-        Ok(e) => e,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    if let Err(e) = c.accept(&export).await {
-        return (StatusCode::SERVICE_UNAVAILABLE, e).into_response();
+    let store = c.clone();
+    let content_type = ct.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        store
+            .store(&content_type, &body)
+            .map(|export| store.forwards().then(|| export.to_protobuf()))
+    })
+    .await;
+    match stored {
+        Ok(Ok(forward)) => {
+            if let Some(protobuf) = forward {
+                c.forward(protobuf).await;
+            }
+        }
+        Ok(Err(StoreError::Invalid(e))) => return (StatusCode::BAD_REQUEST, e).into_response(),
+        Ok(Err(StoreError::Unavailable(e))) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, e).into_response();
+        }
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "the store task failed").into_response();
+        }
     }
     let (ct, bytes) = success_response(&ct);
     ([(header::CONTENT_TYPE, ct)], bytes).into_response()
