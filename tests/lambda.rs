@@ -115,33 +115,24 @@ async fn lambda_front_doors_under_cargo_lambda() {
         ("TOKENTRAIL_COLLECTOR_ENDPOINT", format!("http://{caddr}")),
     ];
     let http = reqwest::Client::new();
-    let login = |client: &'static str, ttl: Option<i64>| {
-        let http = http.clone();
+    let login = |ttl: &'static str| {
         let issuer = issuer.clone();
         async move {
-            let mut form = vec![
-                ("grant_type", "password".to_owned()),
-                ("client_id", client.to_owned()),
-                ("username", "alice".to_owned()),
-                ("password", "alice-password".to_owned()),
+            let form = [
+                ("grant_type", "password"),
+                ("client_id", "tokentrail-app"),
+                ("username", "alice"),
+                ("password", "alice-password"),
+                ("tokentrail_ttl_s", ttl),
             ];
-            if let Some(t) = ttl {
-                form.push(("tokentrail_ttl_s", t.to_string()));
-            }
-            let v: Value = http
-                .post(format!("{issuer}/token"))
-                .form(&form)
-                .send()
+            let t = local::idp::request_token(&issuer, &form)
                 .await
-                .expect("token")
-                .json()
-                .await
-                .expect("json");
-            v["access_token"].as_str().expect("access_token").to_owned()
+                .expect("token");
+            secrecy::ExposeSecret::expose_secret(&t).to_owned()
         }
     };
-    let token = login("tokentrail-app", None).await;
-    let expired = login("tokentrail-app", Some(-120)).await;
+    let token = login("300").await;
+    let expired = login("-120").await;
 
     // --- the interceptor, invoked through Lambda's Invoke API ---
     let f = start_function(&cl, "interceptor", &env).await;

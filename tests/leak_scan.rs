@@ -53,26 +53,17 @@ async fn no_issued_token_reaches_any_output() {
         }
     }
     // The agent's own M2M token, issued to the test the same way the agent gets it.
-    let http = reqwest::Client::new();
-    let m2m: serde_json::Value = http
-        .post(format!("{}/token", stack.endpoints.idp))
-        .form(&[
+    let m2m = local::idp::request_token(
+        &stack.endpoints.idp,
+        &[
             ("grant_type", "client_credentials"),
             ("client_id", "tokentrail-agent"),
             ("client_secret", "agent-secret"),
-        ])
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
-    tokens.push(
-        m2m["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned(),
-    );
+        ],
+    )
+    .await
+    .expect("m2m token");
+    tokens.push(m2m.expose_secret().to_owned());
     assert!(tokens.len() >= 18);
     telemetry.flush(Duration::from_secs(5)).await;
     stack.stop().await.expect("stop");

@@ -248,6 +248,36 @@ pub async fn spawn(
     Ok((issuer, task))
 }
 
+/// Ask the token endpoint of `issuer` for a token with `form` (grant type, client, user, ...).
+/// The error carries the endpoint's OAuth `error` code and description.
+pub async fn request_token(issuer: &str, form: &[(&str, &str)]) -> Result<SecretString, String> {
+    let resp = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .form(form)
+        .send()
+        .await
+        .map_err(|e| format!("token endpoint unreachable: {}", e.without_url()))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.map_err(|e| {
+        format!(
+            "token endpoint answered {status} without JSON: {}",
+            e.without_url()
+        )
+    })?;
+    match body.get("access_token").and_then(Value::as_str) {
+        Some(t) if status.is_success() => Ok(SecretString::from(t.to_owned())),
+        _ => Err(format!(
+            "token endpoint answered {status}: {} {}",
+            body.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            body.get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        )),
+    }
+}
+
 /// The router: discovery, JWKS, token, rotation.
 pub fn router(idp: Arc<Idp>) -> Router {
     Router::new()

@@ -184,6 +184,14 @@ impl Telemetry {
         }
     }
 
+    /// Run `work` (one Lambda invocation), then flush its spans (bounded) before returning its
+    /// output: a frozen function loses what it did not flush.
+    pub async fn flushed<F: std::future::Future>(&self, work: F, bound: Duration) -> F::Output {
+        let out = work.await;
+        self.flush(bound).await;
+        out
+    }
+
     /// Flush and stop exporting (blocking, bounded by the export timeout).
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));

@@ -53,9 +53,12 @@ pub async fn run_lambda(
         let app = app.clone();
         let telemetry = telemetry.clone();
         async move {
-            let resp = app.oneshot(req.map(axum::body::Body::new)).await;
-            telemetry.flush(crate::core::FLUSH_BOUND).await;
-            resp
+            telemetry
+                .flushed(
+                    app.oneshot(req.map(axum::body::Body::new)),
+                    crate::core::FLUSH_BOUND,
+                )
+                .await
         }
     }))
     .await

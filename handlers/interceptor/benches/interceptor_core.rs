@@ -15,24 +15,16 @@ fn bench(c: &mut Criterion) {
             local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
                 .await
                 .expect("idp starts");
-        let v: serde_json::Value = reqwest::Client::new()
-            .post(format!("{issuer}/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("client_id", "tokentrail-app"),
-                ("username", "alice"),
-                ("password", "alice-password"),
-            ])
-            .send()
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "tokentrail-app"),
+            ("username", "alice"),
+            ("password", "alice-password"),
+        ];
+        let t = local::idp::request_token(&issuer, &form)
             .await
-            .expect("token")
-            .json()
-            .await
-            .expect("json");
-        (
-            issuer,
-            v["access_token"].as_str().expect("token").to_owned(),
-        )
+            .expect("token");
+        (issuer, secrecy::ExposeSecret::expose_secret(&t).to_owned())
     });
     let config = InterceptorConfig {
         user_token_header: "X-Custom-UserToken".into(),

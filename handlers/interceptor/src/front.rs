@@ -52,8 +52,12 @@ pub async fn run_lambda(deps: Deps, telemetry: Telemetry) -> Result<(), lambda_r
                     Some(ev.context.xray_trace_id.as_deref().unwrap_or_default())
                         .filter(|s| !s.is_empty()),
                 );
-                let out = parent.scope(handle(&ev.payload, &parent, &deps)).await;
-                telemetry.flush(FLUSH_BOUND).await;
+                let out = telemetry
+                    .flushed(
+                        parent.scope(handle(&ev.payload, &parent, &deps)),
+                        FLUSH_BOUND,
+                    )
+                    .await;
                 Ok::<Value, lambda_runtime::Error>(out)
             }
         },

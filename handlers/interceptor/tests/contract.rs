@@ -10,25 +10,21 @@ async fn setup() -> (Deps, String, String) {
     let (issuer, _idp) = local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
         .await
         .expect("idp starts");
-    let http = reqwest::Client::new();
     let mut tokens = Vec::new();
     for ttl in ["300", "-120"] {
-        let v: Value = http
-            .post(format!("{issuer}/token"))
-            .form(&[
+        let t = local::idp::request_token(
+            &issuer,
+            &[
                 ("grant_type", "password"),
                 ("client_id", "tokentrail-app"),
                 ("username", "alice"),
                 ("password", "alice-password"),
                 ("tokentrail_ttl_s", ttl),
-            ])
-            .send()
-            .await
-            .expect("token")
-            .json()
-            .await
-            .expect("json");
-        tokens.push(v["access_token"].as_str().expect("token").to_owned());
+            ],
+        )
+        .await
+        .expect("token");
+        tokens.push(secrecy::ExposeSecret::expose_secret(&t).to_owned());
     }
     let config = InterceptorConfig {
         user_token_header: "X-Custom-UserToken".into(),

@@ -70,9 +70,9 @@ pub async fn run_lambda(
         let app = app.clone();
         let telemetry = telemetry.clone();
         async move {
-            let resp = app.oneshot(req.map(axum::body::Body::new)).await;
-            telemetry.flush(flush_bound).await;
-            resp
+            telemetry
+                .flushed(app.oneshot(req.map(axum::body::Body::new)), flush_bound)
+                .await
         }
     }))
     .await
