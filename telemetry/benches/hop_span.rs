@@ -11,7 +11,17 @@ use telemetry::{
 
 fn bench(c: &mut Criterion) {
     let _t = telemetry::install_discarding_pipeline();
-    let token = SecretString::from("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl".to_owned());
+    // A JWT-shaped token built from its parts.
+    let token = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        SecretString::from(format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64.encode(r#"{"sub":"alice","aud":"target-api"}"#),
+            b64.encode("a-fake-signature-a-fake-signature")
+        ))
+    };
     let claims = ClaimSummary {
         issuer: Some("http://127.0.0.1:1234".into()),
         subject: Some("alice".into()),

@@ -29,3 +29,20 @@ pub use init::{
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};
+
+/// Test fixtures: JWT-shaped strings built from their JSON parts (no token literals in sources).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use base64::Engine;
+
+    /// A compact JWS with the given subject and a fake signature.
+    pub(crate) fn jwt(sub: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64.encode(format!(r#"{{"sub":"{sub}","aud":"t"}}"#)),
+            b64.encode("not-a-real-signature-not-a-real-signature")
+        )
+    }
+}

@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn tokens_in_log_fields_are_scrubbed() {
-        let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let token = crate::fixtures::jwt("alice");
+        let token = token.as_str();
         let mut fields = Map::new();
         fields.insert(
             "message".into(),

@@ -127,14 +127,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const JWT_SAMPLE: &str =
-        "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    fn jwt_sample() -> String {
+        crate::fixtures::jwt("alice")
+    }
 
     #[test]
     fn jwt_is_scrubbed_anywhere() {
-        let s = format!("token={JWT_SAMPLE}; next");
+        let token = jwt_sample();
+        let s = format!("token={token}; next");
         let out = scrub(&s);
-        assert!(!out.contains(JWT_SAMPLE));
+        assert!(!out.contains(&token));
         assert!(out.contains(JWT_REDACTED));
         assert!(out.ends_with("; next"));
     }
@@ -171,14 +173,15 @@ mod tests {
 
     #[test]
     fn nested_json_is_scrubbed() {
+        let token = jwt_sample();
         let mut v = serde_json::json!({
-            "a": [{"b": format!("x {JWT_SAMPLE}")}],
-            JWT_SAMPLE: 1,
+            "a": [{"b": format!("x {token}")}],
+            token.clone(): 1,
             "h": {"authorization": "Bearer zzz"}
         });
         scrub_json(&mut v);
         let text = v.to_string();
-        assert!(!text.contains(JWT_SAMPLE));
+        assert!(!text.contains(&token));
         assert!(!text.contains("zzz"));
     }
 
