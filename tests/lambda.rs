@@ -190,28 +190,23 @@ async fn lambda_front_doors_under_cargo_lambda() {
     assert_eq!(treq["body"], body, "body passed through unchanged");
     assert!(ok["mcp"].get("transformedGatewayResponse").is_none());
 
+    let call = |ev: &Value| {
+        let req = http.post(&invoke).json(ev);
+        async move {
+            req.send()
+                .await
+                .expect("invoke")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
     // Mixed-case header name, as the repo's interceptor feared.
-    let mixed = http
-        .post(&invoke)
-        .json(&event(Some(json!({"X-Custom-UserToken": token}))))
-        .send()
-        .await
-        .expect("invoke")
-        .json::<Value>()
-        .await
-        .expect("json");
+    let mixed = call(&event(Some(json!({"X-Custom-UserToken": token})))).await;
     assert!(mixed["mcp"].get("transformedGatewayRequest").is_some());
 
     // passRequestHeaders off: no `headers` key → fail closed.
-    let none = http
-        .post(&invoke)
-        .json(&event(None))
-        .send()
-        .await
-        .expect("invoke")
-        .json::<Value>()
-        .await
-        .expect("json");
+    let none = call(&event(None)).await;
     assert_eq!(none["mcp"]["transformedGatewayResponse"]["statusCode"], 401);
     assert_eq!(
         none["mcp"]["transformedGatewayResponse"]["body"]["error"]["data"]["reason"],
@@ -221,28 +216,12 @@ async fn lambda_front_doors_under_cargo_lambda() {
     assert!(none["mcp"].get("transformedGatewayRequest").is_none());
 
     // Flag on but header absent (`{}`), and an expired token.
-    let empty = http
-        .post(&invoke)
-        .json(&event(Some(json!({}))))
-        .send()
-        .await
-        .expect("invoke")
-        .json::<Value>()
-        .await
-        .expect("json");
+    let empty = call(&event(Some(json!({})))).await;
     assert_eq!(
         empty["mcp"]["transformedGatewayResponse"]["body"]["error"]["data"]["reason"],
         "missing_token"
     );
-    let exp = http
-        .post(&invoke)
-        .json(&event(Some(json!({"x-custom-usertoken": expired}))))
-        .send()
-        .await
-        .expect("invoke")
-        .json::<Value>()
-        .await
-        .expect("json");
+    let exp = call(&event(Some(json!({"x-custom-usertoken": expired})))).await;
     assert_eq!(
         exp["mcp"]["transformedGatewayResponse"]["body"]["error"]["data"]["reason"],
         "expired"
