@@ -232,9 +232,6 @@ impl Verifier {
     #[instrument(skip_all, level = "debug", name = "jwt.verify")]
     pub async fn verify(&self, token: &SecretString) -> Result<VerifiedToken, AuthError> {
         let raw = token.expose_secret();
-        if raw.is_empty() {
-            return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
-        }
         let key = Self::digest(raw);
         if let Some(result) = self.recall(&key) {
             return result;
@@ -246,14 +243,13 @@ impl Verifier {
 
     /// Verify without consulting or filling the memory of verified tokens (benchmarks, tests).
     pub async fn verify_uncached(&self, token: &SecretString) -> Result<VerifiedToken, AuthError> {
-        let raw = token.expose_secret();
-        if raw.is_empty() {
-            return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
-        }
-        self.verify_fully(raw).await
+        self.verify_fully(token.expose_secret()).await
     }
 
     async fn verify_fully(&self, raw: &str) -> Result<VerifiedToken, AuthError> {
+        if raw.is_empty() {
+            return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
+        }
         let header = parse_header(raw)?;
         let alg_text = header.alg.unwrap_or_default();
         let alg = match alg_text.as_str() {

@@ -315,6 +315,15 @@ fn tamper(token: &SecretString) -> Result<SecretString> {
     )))
 }
 
+/// The `p`th percentile (nearest rank) of an ascending slice; 0 when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
 /// A user's first order (demo data).
 pub fn first_order(user: &str) -> &'static str {
     match user {

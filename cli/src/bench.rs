@@ -31,13 +31,6 @@ pub struct ModeResult {
     pub p99_ms: f64,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize).min(sorted.len() - 1)]
-}
-
 async fn round(
     app: &App,
     tokens: &[secrecy::SecretString],
@@ -156,8 +149,8 @@ pub async fn run(
             tracing: name,
             requests: lat[i].len(),
             throughput_rps: lat[i].len() as f64 / time[i].as_secs_f64().max(1e-9),
-            p50_ms: pct(&lat[i], 50.0),
-            p99_ms: pct(&lat[i], 99.0),
+            p50_ms: crate::app::percentile(&lat[i], 50.0),
+            p99_ms: crate::app::percentile(&lat[i], 99.0),
         });
     }
     println!("\ntracing  requests  throughput      p50       p99");

@@ -104,14 +104,6 @@ pub fn script() -> Vec<Case> {
     ]
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
-    if sorted_ms.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p / 100.0) * (sorted_ms.len() as f64 - 1.0)).round() as usize;
-    sorted_ms[idx.min(sorted_ms.len() - 1)]
-}
-
 /// Files under `dir` that contain a JWT-shaped string.
 pub fn scan_for_jwts(dir: &Path) -> Vec<String> {
     let mut hits = Vec::new();
@@ -209,8 +201,8 @@ pub async fn run(out: &Path, requests: usize) -> Result<ExitCode> {
     }
     println!(
         "  end-to-end latency p50 {:.1} ms, p95 {:.1} ms",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 95.0)
+        app::percentile(&latencies, 50.0),
+        app::percentile(&latencies, 95.0)
     );
     let spans = telemetry::otlp::read_store(&out.join("traces.jsonl"))
         .map(|s| s.len())

@@ -251,7 +251,7 @@ pub async fn run_lambda(hop: HopName) -> Result<()> {
         }
         HopName::Target => {
             let deps = target::TargetConfig::from_env()?.deps()?;
-            target::front::run_lambda(deps, telemetry.clone(), Duration::from_millis(1500)).await
+            target::front::run_lambda(deps, telemetry.clone()).await
         }
         HopName::Agent => {
             agent::front::run_lambda(

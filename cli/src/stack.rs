@@ -65,13 +65,7 @@ impl StackOptions {
 
 /// Whether the standard variables ask for OTLP/gRPC.
 fn otlp_grpc_requested() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    .is_some_and(|p| p == "grpc")
+    telemetry::otlp_env_protocol() == "grpc"
 }
 
 /// The OTLP/HTTP traces URL the collector forwards to, from the standard variables. With

@@ -115,7 +115,6 @@ impl From<Role> for SpanKind {
 #[derive(Debug)]
 pub struct Span {
     cx: Context,
-    outcome: Option<Outcome>,
 }
 
 /// A hop span is a [`Span`] opened with [`Span::hop`].
@@ -159,7 +158,6 @@ impl Span {
             .start_with_context(&tracer, &parent.0);
         Self {
             cx: parent.0.with_span(span),
-            outcome: None,
         }
     }
 
@@ -241,7 +239,6 @@ impl Span {
 
     /// The hop let the request through.
     pub fn ok(&mut self) {
-        self.outcome = Some(Outcome::Ok);
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
         span.set_status(Status::Ok);
@@ -250,7 +247,6 @@ impl Span {
     /// The hop stopped the request (or failed) for `reason`.
     pub fn reject(&mut self, reason: FailureReason) {
         let outcome = reason.outcome();
-        self.outcome = Some(outcome);
         let span = self.cx.span();
         span.set_attributes([
             KeyValue::new(attrs::HOP_OUTCOME, outcome.as_str()),
@@ -268,7 +264,6 @@ impl Span {
     /// outcome stays `ok` (only the stopping hop is `rejected`); the span is marked as an error so
     /// trace views show the failed path.
     pub fn downstream_failed(&mut self, reason: FailureReason) {
-        self.outcome = Some(Outcome::Ok);
         let span = self.cx.span();
         span.set_attributes([
             KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()),
@@ -285,11 +280,6 @@ impl Span {
             error_type.to_owned(),
         ));
         span.set_status(Status::error(error_type.to_owned()));
-    }
-
-    /// Outcome recorded so far.
-    pub fn outcome(&self) -> Option<Outcome> {
-        self.outcome
     }
 
     /// End the span now.

@@ -16,6 +16,9 @@ use crate::attrs::Service;
 use crate::export::RedactingExporter;
 use crate::logs::{JsonLogLayer, Sink};
 
+/// How long a Lambda invocation waits for its spans to be flushed before it returns.
+pub const LAMBDA_FLUSH_BOUND: Duration = Duration::from_millis(1500);
+
 /// Endpoint (base URL) of the local stack's embedded collector.
 pub const COLLECTOR_ENV: &str = "TOKENTRAIL_COLLECTOR_ENDPOINT";
 /// Log output: `json` (default, to stderr), `off`.
@@ -92,7 +95,9 @@ fn otlp_env_endpoint() -> Option<String> {
     .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 
-fn otlp_env_protocol() -> String {
+/// The OTLP protocol the standard variables ask for (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`; default `http/protobuf`).
+pub fn otlp_env_protocol() -> String {
     [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",

@@ -24,8 +24,8 @@ pub mod redact;
 pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};
 pub use hop::{AttrValue, HopSpan, Role, Span};
 pub use init::{
-    COLLECTOR_ENV, FlushOutcome, LOG_ENV, LogTo, Telemetry, TelemetryConfig, TelemetryError, init,
-    install_discarding_pipeline,
+    COLLECTOR_ENV, FlushOutcome, LAMBDA_FLUSH_BOUND, LOG_ENV, LogTo, Telemetry, TelemetryConfig,
+    TelemetryError, init, install_discarding_pipeline, otlp_env_protocol,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};

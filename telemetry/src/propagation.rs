@@ -92,13 +92,6 @@ impl TraceContext {
         self.inject_into(&mut inj);
     }
 
-    /// The headers to send, as owned pairs.
-    pub fn header_pairs(&self) -> Vec<(String, String)> {
-        let mut map = BTreeMap::new();
-        self.inject_map(&mut map);
-        map.into_iter().collect()
-    }
-
     /// Inject into an MCP request's `params._meta` (creating it when absent).
     pub fn inject_mcp_meta(&self, request: &mut serde_json::Value) {
         let Some(obj) = request.as_object_mut() else {

@@ -1,7 +1,6 @@
 //! One invocation: user token in, MCP `tools/call` to the gateway, answer out.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use auth::Rejection;
 use secrecy::{ExposeSecret, SecretString};
@@ -200,6 +199,3 @@ pub async fn handle(
         body: json!({"result": output}),
     }
 }
-
-/// Bound used by the Lambda front door when flushing.
-pub const FLUSH_BOUND: Duration = Duration::from_millis(1500);

@@ -56,7 +56,7 @@ pub async fn run_lambda(
             telemetry
                 .flushed(
                     app.oneshot(req.map(axum::body::Body::new)),
-                    crate::core::FLUSH_BOUND,
+                    telemetry::LAMBDA_FLUSH_BOUND,
                 )
                 .await
         }

@@ -1,7 +1,6 @@
 //! Front doors: Lambda (`lambda_runtime`) and axum (Lambda Invoke API shape).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -11,9 +10,6 @@ use serde_json::Value;
 use telemetry::{Telemetry, propagation};
 
 use crate::core::{Deps, handle};
-
-/// Bound on the per-invocation flush.
-pub const FLUSH_BOUND: Duration = Duration::from_millis(1500);
 
 /// axum router: `POST /2015-03-31/functions/{name}/invocations`, body = event JSON.
 pub fn router(deps: Deps) -> Router {
@@ -55,7 +51,7 @@ pub async fn run_lambda(deps: Deps, telemetry: Telemetry) -> Result<(), lambda_r
                 let out = telemetry
                     .flushed(
                         parent.scope(handle(&ev.payload, &parent, &deps)),
-                        FLUSH_BOUND,
+                        telemetry::LAMBDA_FLUSH_BOUND,
                     )
                     .await;
                 Ok::<Value, lambda_runtime::Error>(out)

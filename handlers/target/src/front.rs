@@ -62,7 +62,6 @@ async fn get_one(
 pub async fn run_lambda(
     deps: Deps,
     telemetry: telemetry::Telemetry,
-    flush_bound: std::time::Duration,
 ) -> Result<(), lambda_http::Error> {
     use tower::ServiceExt;
     let app = router(deps);
@@ -71,7 +70,10 @@ pub async fn run_lambda(
         let telemetry = telemetry.clone();
         async move {
             telemetry
-                .flushed(app.oneshot(req.map(axum::body::Body::new)), flush_bound)
+                .flushed(
+                    app.oneshot(req.map(axum::body::Body::new)),
+                    telemetry::LAMBDA_FLUSH_BOUND,
+                )
                 .await
         }
     }))

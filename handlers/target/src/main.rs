@@ -1,12 +1,10 @@
 //! Lambda entry of the target API (`lambda_http` over the same axum router).
 
-use std::time::Duration;
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
         telemetry::Service::Target,
     ))?;
     let deps = target::TargetConfig::from_env()?.deps()?;
-    target::front::run_lambda(deps, telemetry, Duration::from_millis(1500)).await
+    target::front::run_lambda(deps, telemetry).await
 }
