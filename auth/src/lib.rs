@@ -2,8 +2,10 @@
 //! IdP, and the closed set of failure reasons (re-exported from telemetry, which records them).
 
 pub mod claims;
+pub mod iam;
 pub mod jwks;
 pub mod mint;
+pub mod oauth;
 pub mod verify;
 pub mod wire;
 

@@ -4,12 +4,14 @@
 //! - [`runtime`]: the AgentCore Runtime front door (header allowlist rules);
 //! - [`gateway`]: the AgentCore Gateway (inbound JWT authorizer, MCP JSON-RPC, REQUEST
 //!   interceptor, header propagation, target call);
+//! - [`sts`]: AWS STS (`AssumeRole`, `GetCallerIdentity`, SigV4 verified) for the broker;
 //! - [`collector`]: the embedded OTLP/HTTP collector writing `traces.jsonl`.
 
 pub mod collector;
 pub mod gateway;
 pub mod idp;
 pub mod runtime;
+pub mod sts;
 
 /// Serve `router` on `addr` (use port 0 for a free port). Returns the bound address.
 pub async fn serve(

@@ -41,6 +41,18 @@ pub const CREDENTIAL_KID: &str = "tokentrail.credential.kid";
 pub const CREDENTIAL_ALG: &str = "tokentrail.credential.alg";
 /// The identity that reached the target (target hop only).
 pub const ENDUSER_ID: &str = "enduser.id";
+/// Broker: the caller's ARN as STS reported it (`arn:aws:sts::…:assumed-role/ROLE/SESSION`).
+pub const BROKER_CALLER_ARN: &str = "tokentrail.broker.caller_arn";
+/// Broker: the caller's role ARN (session name dropped), what the policy is matched against.
+pub const BROKER_CALLER_ROLE: &str = "tokentrail.broker.caller_role";
+/// Broker: the service credential asked for (a policy name, never a value).
+pub const BROKER_CREDENTIAL: &str = "tokentrail.broker.credential";
+/// Broker: the Secrets Manager secret's name (never its value).
+pub const BROKER_SECRET_NAME: &str = "tokentrail.broker.secret_name";
+/// Broker: whether the service token came from the cache (`hit`) or a fresh exchange (`miss`).
+pub const BROKER_CACHE: &str = "tokentrail.broker.cache";
+/// Fingerprint of the service token the broker issued (same key as credential fingerprints).
+pub const BROKER_ISSUED_FINGERPRINT: &str = "tokentrail.broker.issued_fingerprint";
 
 /// Standard semantic-convention names used by the hops.
 pub mod semconv {
@@ -62,6 +74,10 @@ pub mod semconv {
     pub const RPC_METHOD: &str = "rpc.method";
     /// JSON-RPC error code.
     pub const RPC_JSONRPC_ERROR_CODE: &str = "rpc.jsonrpc.error_code";
+    /// AWS API calls: `aws-api`.
+    pub const RPC_SERVICE: &str = "rpc.service";
+    /// AWS request id of an SDK call.
+    pub const AWS_REQUEST_ID: &str = "aws.request_id";
     /// MCP tool name.
     pub const MCP_TOOL_NAME: &str = "gen_ai.tool.name";
     /// Lambda trigger.
@@ -138,6 +154,19 @@ closed_set!(
         Broker => "broker",
     }
 );
+
+/// The variable that names the pattern a deployment serves (`passthrough` or `broker`).
+pub const PATTERN_ENV: &str = "TOKENTRAIL_PATTERN";
+
+impl Pattern {
+    /// The pattern this process serves, from `TOKENTRAIL_PATTERN` (default `passthrough`).
+    pub fn from_env() -> Result<Self, UnknownValue> {
+        match std::env::var(PATTERN_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse(),
+            _ => Ok(Pattern::Passthrough),
+        }
+    }
+}
 
 closed_set!(
     /// What kind of credential a hop saw.
@@ -282,6 +311,8 @@ closed_set!(
         Gateway => "gateway.inbound",
         /// The Gateway's REQUEST interceptor Lambda.
         Interceptor => "gateway.interceptor",
+        /// The token broker in the central account (broker pattern only).
+        Broker => "broker.token",
         /// The target API.
         Target => "target.api",
         /// The IdP's token endpoint (issuance, off the chain).
@@ -290,7 +321,8 @@ closed_set!(
 );
 
 impl Hop {
-    /// Position in the trust chain (the IdP, off the chain, is 0 like the app).
+    /// Position in the trust chain (the IdP, off the chain, is 0 like the app). Indices are
+    /// positions in the broker chain, the longer one: a passthrough trace has no hop 5.
     pub const fn index(self) -> i64 {
         match self {
             Hop::App | Hop::Idp => 0,
@@ -298,7 +330,8 @@ impl Hop {
             Hop::Agent => 2,
             Hop::Gateway => 3,
             Hop::Interceptor => 4,
-            Hop::Target => 5,
+            Hop::Broker => 5,
+            Hop::Target => 6,
         }
     }
 
@@ -310,6 +343,7 @@ impl Hop {
             Hop::Agent => Service::Agent,
             Hop::Gateway => Service::Gateway,
             Hop::Interceptor => Service::Interceptor,
+            Hop::Broker => Service::Broker,
             Hop::Target => Service::Target,
             Hop::Idp => Service::Idp,
         }

@@ -13,7 +13,7 @@ use telemetry::{
 use tracing::instrument;
 
 use crate::config::AgentConfig;
-use crate::m2m::TokenSource;
+use auth::oauth::TokenSource;
 
 /// Dependencies.
 #[derive(Debug, Clone)]

@@ -42,24 +42,10 @@ async fn invocations(
     (status, axum::Json(reply.body)).into_response()
 }
 
-/// Run under `lambda_http` (flushing each invocation's spans, bounded).
+/// Run under `lambda_http`: each invocation's spans are flushed (bounded) before it returns.
 pub async fn run_lambda(
     deps: Deps,
     telemetry: telemetry::Telemetry,
 ) -> Result<(), lambda_http::Error> {
-    use tower::ServiceExt;
-    let app = router(deps);
-    lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
-        let app = app.clone();
-        let telemetry = telemetry.clone();
-        async move {
-            telemetry
-                .flushed(
-                    app.oneshot(req.map(axum::body::Body::new)),
-                    telemetry::LAMBDA_FLUSH_BOUND,
-                )
-                .await
-        }
-    }))
-    .await
+    lambda_front::run_router(router(deps), telemetry).await
 }

@@ -9,7 +9,6 @@
 pub mod config;
 pub mod core;
 pub mod front;
-pub mod m2m;
 
 pub use config::AgentConfig;
 pub use core::Deps;

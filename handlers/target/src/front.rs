@@ -63,19 +63,5 @@ pub async fn run_lambda(
     deps: Deps,
     telemetry: telemetry::Telemetry,
 ) -> Result<(), lambda_http::Error> {
-    use tower::ServiceExt;
-    let app = router(deps);
-    lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
-        let app = app.clone();
-        let telemetry = telemetry.clone();
-        async move {
-            telemetry
-                .flushed(
-                    app.oneshot(req.map(axum::body::Body::new)),
-                    telemetry::LAMBDA_FLUSH_BOUND,
-                )
-                .await
-        }
-    }))
-    .await
+    lambda_front::run_router(router(deps), telemetry).await
 }

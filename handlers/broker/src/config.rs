@@ -1,0 +1,138 @@
+//! Broker configuration from the environment (Lambda style).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `TOKENTRAIL_BROKER_POLICY` | required | path of the policy TOML ([`crate::policy`]) |
+//! | `TOKENTRAIL_BROKER_ID` | `tokentrail-broker` | value callers bind their proof to |
+//! | `TOKENTRAIL_STS_ENDPOINT` | `https://sts.$AWS_REGION.amazonaws.com` | the only STS endpoint a proof may target |
+//! | `TOKENTRAIL_TOKEN_ENDPOINT` | `$TOKENTRAIL_ISSUER/token` | IdP token endpoint |
+//! | `TOKENTRAIL_BROKER_PROOF_MAX_AGE_S` | `60` | oldest accepted proof |
+//! | `TOKENTRAIL_BROKER_SECRET_TTL_S` | `300` | secret cache lifetime |
+//! | `TOKENTRAIL_BROKER_UPSTREAM_TIMEOUT_MS` | `2000` | bound on STS and IdP calls |
+//! | `TOKENTRAIL_SECRETS` | `secretsmanager` | or `file:PATH` (local JSON, the demo) |
+//! | `TOKENTRAIL_FAULT_DELAY_MS` | `0` | demo fault: delay every answer |
+//!
+//! Secrets Manager is reached with the standard AWS configuration (`AWS_REGION`, credentials,
+//! `AWS_ENDPOINT_URL_SECRETS_MANAGER` / `AWS_ENDPOINT_URL` for emulators).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth::iam::PresignPolicy;
+
+use crate::core::BrokerSettings;
+use crate::policy::Policy;
+use crate::secrets::{FileSecrets, SecretStore, SecretsManager};
+
+/// Errors in configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable is missing.
+    #[error("missing environment variable {0}")]
+    Missing(&'static str),
+    /// A variable is invalid.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// Variable.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn opt(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match opt(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            reason: format!("`{v}` is not a whole number"),
+        }),
+    }
+}
+
+/// The region from `AWS_REGION` / `AWS_DEFAULT_REGION` (default `us-east-1`).
+pub fn region() -> String {
+    opt("AWS_REGION")
+        .or_else(|| opt("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+/// The STS endpoint from `TOKENTRAIL_STS_ENDPOINT`, else the regional one.
+pub fn sts_endpoint() -> String {
+    opt("TOKENTRAIL_STS_ENDPOINT")
+        .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", region()))
+}
+
+/// Settings and secret store from the environment.
+pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), ConfigError> {
+    let policy_path =
+        opt("TOKENTRAIL_BROKER_POLICY").ok_or(ConfigError::Missing("TOKENTRAIL_BROKER_POLICY"))?;
+    let text = std::fs::read_to_string(&policy_path).map_err(|e| ConfigError::Invalid {
+        name: "TOKENTRAIL_BROKER_POLICY",
+        reason: format!("cannot read {policy_path}: {e}"),
+    })?;
+    let policy = Policy::from_toml(&text).map_err(|e| ConfigError::Invalid {
+        name: "TOKENTRAIL_BROKER_POLICY",
+        reason: e.to_string(),
+    })?;
+    let token_endpoint = match opt("TOKENTRAIL_TOKEN_ENDPOINT") {
+        Some(t) => t,
+        None => format!(
+            "{}/token",
+            opt("TOKENTRAIL_ISSUER")
+                .ok_or(ConfigError::Missing("TOKENTRAIL_TOKEN_ENDPOINT"))?
+                .trim_end_matches('/')
+        ),
+    };
+    let sts = sts_endpoint();
+    url_check("TOKENTRAIL_STS_ENDPOINT", &sts)?;
+    let settings = BrokerSettings {
+        presign: PresignPolicy {
+            sts_endpoint: sts,
+            broker_id: opt("TOKENTRAIL_BROKER_ID").unwrap_or_else(|| "tokentrail-broker".into()),
+            max_age: Duration::from_secs(number("TOKENTRAIL_BROKER_PROOF_MAX_AGE_S", 60)?),
+            max_skew: Duration::from_secs(30),
+        },
+        policy,
+        token_endpoint,
+        upstream_timeout: Duration::from_millis(number(
+            "TOKENTRAIL_BROKER_UPSTREAM_TIMEOUT_MS",
+            2000,
+        )?),
+        secret_ttl: Duration::from_secs(number("TOKENTRAIL_BROKER_SECRET_TTL_S", 300)?),
+        fault_delay: Duration::from_millis(number("TOKENTRAIL_FAULT_DELAY_MS", 0)?),
+    };
+    let store: Arc<dyn SecretStore> = match opt("TOKENTRAIL_SECRETS").as_deref() {
+        None | Some("secretsmanager") => {
+            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(region()))
+                .load()
+                .await;
+            Arc::new(SecretsManager::new(&config))
+        }
+        Some(other) => match other.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Arc::new(FileSecrets::new(path)),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "TOKENTRAIL_SECRETS",
+                    reason: format!("`{other}`: expected `secretsmanager` or `file:PATH`"),
+                });
+            }
+        },
+    };
+    Ok((settings, store))
+}
+
+fn url_check(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    match value.parse::<http::Uri>() {
+        Ok(u) if u.scheme().is_some() && u.host().is_some() => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!("`{value}` is not an absolute URL"),
+        }),
+    }
+}

@@ -1,0 +1,11 @@
+//! Lambda entry of the token broker.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
+        telemetry::Service::Broker,
+    ))?;
+    let (settings, secrets) = broker::config::from_env().await?;
+    let broker = std::sync::Arc::new(broker::Broker::new(settings, secrets)?);
+    broker::front::run_lambda(broker, telemetry).await
+}
