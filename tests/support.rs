@@ -33,15 +33,24 @@ pub fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-/// Start a stack writing to `out`, optionally forwarding to an OTLP/HTTP traces URL.
-pub async fn start_stack(out: &Path, forward_to: Option<String>) -> Stack {
-    let opts = StackOptions {
+/// Options for a passthrough stack writing to `out` with the test binary.
+pub fn stack_options(out: &Path, forward_to: Option<String>) -> StackOptions {
+    StackOptions {
         out: out.to_owned(),
         binary: bin(),
         forward_to,
         extra_env: Vec::new(),
-    };
-    Stack::start(&opts).await.expect("stack starts")
+        pattern: telemetry::Pattern::Passthrough,
+        broker_fault: None,
+        gateway_target_url: None,
+    }
+}
+
+/// Start a passthrough stack writing to `out`, optionally forwarding to an OTLP/HTTP traces URL.
+pub async fn start_stack(out: &Path, forward_to: Option<String>) -> Stack {
+    Stack::start(&stack_options(out, forward_to))
+        .await
+        .expect("stack starts")
 }
 
 /// Spans of the store grouped by trace id.

@@ -168,7 +168,7 @@ impl App {
     /// Send one request as the app (logging the user in first, applying the spec's fault).
     pub async fn call(&self, spec: &CallSpec) -> Result<CallResult> {
         let started = Instant::now();
-        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, &TraceContext::none());
+        let span = HopSpan::hop(Hop::App, self.endpoints.pattern, &TraceContext::none());
         let cx = span.context();
         let token = match spec.fault {
             Some(TokenFault::Missing) => None,
@@ -212,7 +212,7 @@ impl App {
         token: SecretString,
         parent: &TraceContext,
     ) -> Result<CallResult> {
-        let span = HopSpan::hop(Hop::App, Pattern::Passthrough, parent);
+        let span = HopSpan::hop(Hop::App, self.endpoints.pattern, parent);
         self.send(span, spec, Some(token), Instant::now()).await
     }
 
@@ -340,7 +340,7 @@ pub fn describe(r: &CallResult) -> String {
         Outcome::Rejected { hop, reason } => ("rejected", hop.to_string(), reason.to_string()),
     };
     format!(
-        "{:<6} {:<15} {:<9} {:<20} {:<19} {:>4} {:>7.1}ms  {}",
+        "{:<6} {:<15} {:<9} {:<20} {:<20} {:>4} {:>7.1}ms  {}",
         r.user,
         r.fault.map(TokenFault::as_str).unwrap_or("valid"),
         outcome,
@@ -353,19 +353,20 @@ pub fn describe(r: &CallResult) -> String {
 }
 
 /// Header line for [`describe`].
-pub const TABLE_HEADER: &str = "user   token           outcome   stopped at           reason              http  latency    trace id";
+pub const TABLE_HEADER: &str = "user   token           outcome   stopped at           reason               http  latency    trace id";
 
 /// `tokentrail call`.
 pub async fn call_command(
     out: &Path,
+    pattern: Pattern,
     user: &str,
     order: Option<String>,
     fault: Option<TokenFault>,
 ) -> Result<ExitCode> {
-    let path = out.join("stack.json");
+    let path = crate::stack::stack_file(out, pattern);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "no running stack found ({} is missing): start one with `tokentrail up --out {}`",
+            "no running {pattern} stack found ({} is missing): start one with `tokentrail up --pattern {pattern} --out {}`",
             path.display(),
             out.display()
         )

@@ -45,14 +45,17 @@ pub enum Command {
     /// Run one hop as an AWS Lambda function (the same front door as the hop's own Lambda
     /// binary; needs the Lambda runtime API, e.g. `cargo lambda watch --only-lambda-apis`).
     Lambda {
-        /// Which hop: agent, interceptor or target.
+        /// Which hop: agent, interceptor, broker or target.
         hop: serve::HopName,
     },
     /// Start the whole local stack and keep it running until Ctrl-C.
     Up {
-        /// Where telemetry, logs and stack.json go.
+        /// Where telemetry, logs and stack-<pattern>.json go.
         #[arg(long, default_value = "tokentrail-out")]
         out: PathBuf,
+        /// Which pattern the stack serves.
+        #[arg(long, value_enum, default_value = "passthrough")]
+        pattern: PatternArg,
     },
     /// Send one request as the app through a running stack (`tokentrail up`).
     Call {
@@ -65,9 +68,12 @@ pub enum Command {
         /// Inject a token fault.
         #[arg(long, value_enum)]
         token_fault: Option<app::TokenFault>,
-        /// The stack's output directory (holds stack.json).
+        /// The stack's output directory (holds stack-<pattern>.json).
         #[arg(long, default_value = "tokentrail-out")]
         out: PathBuf,
+        /// Which running stack to call (started with `tokentrail up --pattern …`).
+        #[arg(long, value_enum, default_value = "passthrough")]
+        pattern: PatternArg,
     },
     /// Measure the chain's throughput and latency with tracing on and off, in the same run.
     Bench {
@@ -89,10 +95,34 @@ pub enum Command {
         /// Where telemetry and logs go.
         #[arg(long, default_value = "tokentrail-out")]
         out: PathBuf,
-        /// Number of requests (cycles through the scripted cases).
+        /// Number of requests per pattern (cycles through the scripted cases).
         #[arg(long, default_value_t = 20)]
         requests: usize,
+        /// Which pattern(s) to run.
+        #[arg(long, value_enum, default_value = "both")]
+        pattern: demo::Patterns,
+        /// Run the broker pattern with this fault.
+        #[arg(long, value_enum)]
+        broker_fault: Option<stack::BrokerFault>,
     },
+}
+
+/// A pattern on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PatternArg {
+    /// Token passthrough.
+    Passthrough,
+    /// Token broker.
+    Broker,
+}
+
+impl From<PatternArg> for telemetry::Pattern {
+    fn from(p: PatternArg) -> Self {
+        match p {
+            PatternArg::Passthrough => telemetry::Pattern::Passthrough,
+            PatternArg::Broker => telemetry::Pattern::Broker,
+        }
+    }
 }
 
 /// Entry point of the binary.
@@ -112,14 +142,22 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve { hop, port } => serve::run(hop, port).await.map(|_| ExitCode::SUCCESS),
             Command::Lambda { hop } => serve::run_lambda(hop).await.map(|_| ExitCode::SUCCESS),
-            Command::Up { out } => stack::up(&out).await.map(|_| ExitCode::SUCCESS),
+            Command::Up { out, pattern } => stack::up(&out, pattern.into())
+                .await
+                .map(|_| ExitCode::SUCCESS),
             Command::Call {
                 user,
                 order,
                 token_fault,
                 out,
-            } => app::call_command(&out, &user, order, token_fault).await,
-            Command::Demo { out, requests } => demo::run(&out, requests).await,
+                pattern,
+            } => app::call_command(&out, pattern.into(), &user, order, token_fault).await,
+            Command::Demo {
+                out,
+                requests,
+                pattern,
+                broker_fault,
+            } => demo::run(&out, requests, pattern, broker_fault).await,
             Command::Bench {
                 out,
                 requests,

@@ -27,6 +27,8 @@ pub enum HopName {
     Interceptor,
     /// Target API.
     Target,
+    /// Token broker.
+    Broker,
 }
 
 impl HopName {
@@ -39,6 +41,7 @@ impl HopName {
             HopName::Gateway => Service::Gateway,
             HopName::Interceptor => Service::Interceptor,
             HopName::Target => Service::Target,
+            HopName::Broker => Service::Broker,
         }
     }
 
@@ -86,12 +89,15 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
             local::idp::router(local::idp::Idp::new(issuer, cfg)?)
         }
         HopName::Target => target::front::router(target::TargetConfig::from_env()?.deps()?),
+        HopName::Broker => {
+            let (settings, secrets) = broker::config::from_env().await?;
+            broker::front::router(std::sync::Arc::new(
+                broker::Broker::new(settings, secrets).map_err(anyhow::Error::msg)?,
+            ))
+        }
         HopName::Interceptor => {
             let config = interceptor::InterceptorConfig::from_env()?;
-            interceptor::front::router(interceptor::Deps {
-                verifier: config.verifier()?,
-                config,
-            })
+            interceptor::front::router(Box::pin(interceptor::Deps::from_config(config)).await?)
         }
         HopName::Agent => agent::front::router(agent::Deps::new(agent::AgentConfig::from_env()?)?),
         HopName::Runtime => {
@@ -243,15 +249,17 @@ pub async fn run_lambda(hop: HopName) -> Result<()> {
     let result = match hop {
         HopName::Interceptor => {
             let config = interceptor::InterceptorConfig::from_env()?;
-            let deps = interceptor::Deps {
-                verifier: config.verifier()?,
-                config,
-            };
+            let deps = Box::pin(interceptor::Deps::from_config(config)).await?;
             interceptor::front::run_lambda(deps, telemetry.clone()).await
         }
         HopName::Target => {
             let deps = target::TargetConfig::from_env()?.deps()?;
             target::front::run_lambda(deps, telemetry.clone()).await
+        }
+        HopName::Broker => {
+            let (settings, secrets) = broker::config::from_env().await?;
+            let b = broker::Broker::new(settings, secrets).map_err(anyhow::Error::msg)?;
+            broker::front::run_lambda(std::sync::Arc::new(b), telemetry.clone()).await
         }
         HopName::Agent => {
             agent::front::run_lambda(
@@ -261,7 +269,7 @@ pub async fn run_lambda(hop: HopName) -> Result<()> {
             .await
         }
         other => bail!(
-            "{} is not a Lambda function (agent, interceptor and target are)",
+            "{} is not a Lambda function (agent, interceptor, broker and target are)",
             other.as_str()
         ),
     };

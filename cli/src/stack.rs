@@ -14,8 +14,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::serve::HopName;
+use telemetry::Pattern;
 
-/// What a caller needs to reach a running stack (written to `OUT/stack.json`).
+/// What a caller needs to reach a running stack (written to `OUT/stack-<pattern>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoints {
     /// IdP issuer / base URL.
@@ -36,6 +37,14 @@ pub struct Endpoints {
     pub collector: String,
     /// Where telemetry goes.
     pub out: PathBuf,
+    /// The pattern this stack serves.
+    pub pattern: Pattern,
+    /// Token broker base URL (broker pattern).
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// STS stand-in URL (broker pattern).
+    #[serde(default)]
+    pub sts: Option<String>,
 }
 
 /// Options.
@@ -49,6 +58,158 @@ pub struct StackOptions {
     pub forward_to: Option<String>,
     /// Extra environment for every hop.
     pub extra_env: Vec<(String, String)>,
+    /// The pattern to serve.
+    pub pattern: Pattern,
+    /// A broker fault to run with (broker pattern).
+    pub broker_fault: Option<BrokerFault>,
+    /// Send the gateway's target calls here instead of to the target (a test's recording proxy
+    /// that forwards to the target; the gateway then reads the OpenAPI description from the
+    /// target's own constant instead of fetching it).
+    pub gateway_target_url: Option<String>,
+}
+
+/// Faults of the broker pattern the stack can run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerFault {
+    /// The broker is not running: the interceptor fails closed with `upstream_unavailable`.
+    Down,
+    /// The broker answers after the interceptor's timeout: `upstream_timeout`.
+    Slow,
+    /// The broker's policy does not list the interceptor's role: `caller_not_allowed`.
+    Deny,
+    /// The service credential is missing from the secret store: `secret_unavailable`.
+    NoSecret,
+}
+
+impl BrokerFault {
+    /// Where a request with a valid token must stop under this fault.
+    pub fn expected_stop(self) -> (telemetry::Hop, telemetry::FailureReason) {
+        use telemetry::{FailureReason as R, Hop};
+        match self {
+            BrokerFault::Down => (Hop::Interceptor, R::UpstreamUnavailable),
+            BrokerFault::Slow => (Hop::Interceptor, R::UpstreamTimeout),
+            BrokerFault::Deny => (Hop::Broker, R::CallerNotAllowed),
+            BrokerFault::NoSecret => (Hop::Broker, R::SecretUnavailable),
+        }
+    }
+}
+
+/// The AWS identities and names of the broker pattern in the local stack.
+pub mod aws_names {
+    /// The interceptor's execution role (gateway account).
+    pub const INTERCEPTOR_EXEC_ROLE: &str =
+        "arn:aws:iam::111111111111:role/tokentrail-interceptor-exec";
+    /// Its Lambda session.
+    pub const INTERCEPTOR_EXEC_SESSION: &str =
+        "arn:aws:sts::111111111111:assumed-role/tokentrail-interceptor-exec/tokentrail-interceptor";
+    /// The central-account role the interceptor assumes.
+    pub const BROKER_CALLER_ROLE: &str = "arn:aws:iam::222222222222:role/tokentrail-broker-caller";
+    /// A role the broker's policy allows under the `deny` fault instead.
+    pub const OTHER_ROLE: &str = "arn:aws:iam::222222222222:role/some-other-caller";
+    /// The external id of the trust policy.
+    pub const EXTERNAL_ID: &str = "tokentrail-local-external-id";
+    /// The service credential's secret id.
+    pub const SECRET_ID: &str = "tokentrail/orders-api/client";
+    /// The service client's id at the IdP.
+    pub const SERVICE_CLIENT_ID: &str = "orders-service";
+    /// The service client's secret at the IdP.
+    pub const SERVICE_CLIENT_SECRET: &str = "orders-service-secret";
+}
+
+/// The broker policy of the local stack (`allowed_role` may receive `orders-api`).
+pub fn broker_policy(allowed_role: &str) -> String {
+    format!(
+        "[credentials.orders-api]\nsecret = \"{}\"\nscope = \"orders:read\"\n\n[[allow]]\nrole = \"{allowed_role}\"\ncredentials = [\"orders-api\"]\n",
+        aws_names::SECRET_ID
+    )
+}
+
+/// The local "AWS account" of a broker stack: STS stand-in state, the secret file and the
+/// broker policy, in a private temporary directory (never in OUT, which is telemetry only).
+struct LocalAws {
+    dir: PathBuf,
+    sts_url: String,
+    sts_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    base_key: String,
+    base_secret: String,
+    base_token: String,
+}
+
+fn random_text(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl LocalAws {
+    async fn start(fault: Option<BrokerFault>) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "tokentrail-aws-{}-{}",
+            std::process::id(),
+            random_text(8)
+        ));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let base_key = format!("ASIA{}", random_text(16).to_ascii_uppercase());
+        let base_secret = random_text(40);
+        let base_token = random_text(120);
+        let sts = local::sts::Sts::new(local::sts::StsConfig {
+            identities: vec![local::sts::BaseIdentity {
+                arn: aws_names::INTERCEPTOR_EXEC_SESSION.into(),
+                access_key_id: base_key.clone(),
+                secret_access_key: secrecy::SecretString::from(base_secret.clone()),
+                session_token: Some(secrecy::SecretString::from(base_token.clone())),
+            }],
+            roles: vec![local::sts::RoleDef {
+                arn: aws_names::BROKER_CALLER_ROLE.into(),
+                trusted: vec![aws_names::INTERCEPTOR_EXEC_ROLE.into()],
+                external_id: Some(aws_names::EXTERNAL_ID.into()),
+                max_session_s: 3600,
+            }],
+        });
+        let (addr, sts_task) =
+            local::serve(local::sts::router(sts), ([127, 0, 0, 1], 0).into()).await?;
+        let secrets = if fault == Some(BrokerFault::NoSecret) {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ aws_names::SECRET_ID: {
+                "client_id": aws_names::SERVICE_CLIENT_ID,
+                "client_secret": aws_names::SERVICE_CLIENT_SECRET,
+            }})
+        };
+        std::fs::write(dir.join("secrets.json"), secrets.to_string())?;
+        let allowed = if fault == Some(BrokerFault::Deny) {
+            aws_names::OTHER_ROLE
+        } else {
+            aws_names::BROKER_CALLER_ROLE
+        };
+        std::fs::write(dir.join("broker-policy.toml"), broker_policy(allowed))?;
+        Ok(Self {
+            dir,
+            sts_url: format!("http://{addr}"),
+            sts_task,
+            base_key,
+            base_secret,
+            base_token,
+        })
+    }
+
+    fn stop(&self) {
+        self.sts_task.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for LocalAws {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl StackOptions {
@@ -59,6 +220,9 @@ impl StackOptions {
             binary: std::env::current_exe().context("cannot locate the tokentrail executable")?,
             forward_to: otlp_forward_url(),
             extra_env: Vec::new(),
+            pattern: Pattern::Passthrough,
+            broker_fault: None,
+            gateway_target_url: None,
         })
     }
 }
@@ -99,6 +263,7 @@ pub struct Stack {
     pub collector: Arc<local::collector::Collector>,
     children: Vec<Running>,
     collector_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    aws: Option<LocalAws>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -222,25 +387,102 @@ impl Stack {
         // The parent's own fingerprints must match the children's.
         telemetry::fingerprint::install_key(&secrecy::SecretString::from(hex::encode(key)));
 
+        env.insert(
+            telemetry::attrs::PATTERN_ENV.to_owned(),
+            opts.pattern.as_str().to_owned(),
+        );
         let mut children = Vec::new();
         let idp = start_hop(opts, HopName::Idp, &env, &[], &mut children).await?;
         env.insert("TOKENTRAIL_ISSUER".into(), idp.clone());
         let target = start_hop(opts, HopName::Target, &env, &[], &mut children).await?;
-        let interceptor_base =
-            start_hop(opts, HopName::Interceptor, &env, &[], &mut children).await?;
-        let interceptor =
-            format!("{interceptor_base}/2015-03-31/functions/interceptor/invocations");
-        let gateway_base = start_hop(
+        let (aws, broker, interceptor_env) = match opts.pattern {
+            Pattern::Passthrough => (None, None, Vec::new()),
+            Pattern::Broker => {
+                let aws = LocalAws::start(opts.broker_fault).await?;
+                let broker = if opts.broker_fault == Some(BrokerFault::Down) {
+                    // A port nothing listens on.
+                    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                    let url = format!("http://{}", l.local_addr()?);
+                    drop(l);
+                    url
+                } else {
+                    let delay = if opts.broker_fault == Some(BrokerFault::Slow) {
+                        "1500"
+                    } else {
+                        "0"
+                    };
+                    start_hop(
+                        opts,
+                        HopName::Broker,
+                        &env,
+                        &[
+                            (
+                                "TOKENTRAIL_BROKER_POLICY",
+                                aws.dir.join("broker-policy.toml").display().to_string(),
+                            ),
+                            (
+                                "TOKENTRAIL_SECRETS",
+                                format!("file:{}", aws.dir.join("secrets.json").display()),
+                            ),
+                            ("TOKENTRAIL_STS_ENDPOINT", aws.sts_url.clone()),
+                            ("TOKENTRAIL_TOKEN_ENDPOINT", format!("{idp}/token")),
+                            ("TOKENTRAIL_FAULT_DELAY_MS", delay.into()),
+                        ],
+                        &mut children,
+                    )
+                    .await?
+                };
+                let interceptor_env = vec![
+                    ("TOKENTRAIL_BROKER_URL", broker.clone()),
+                    (
+                        "TOKENTRAIL_BROKER_ROLE_ARN",
+                        aws_names::BROKER_CALLER_ROLE.into(),
+                    ),
+                    (
+                        "TOKENTRAIL_BROKER_EXTERNAL_ID",
+                        aws_names::EXTERNAL_ID.into(),
+                    ),
+                    ("TOKENTRAIL_BROKER_TIMEOUT_MS", "1000".into()),
+                    ("TOKENTRAIL_STS_ENDPOINT", aws.sts_url.clone()),
+                    ("TOKENTRAIL_INTERCEPTOR_AUDIENCES", "target-api".into()),
+                    (
+                        "TOKENTRAIL_INTERCEPTOR_REQUIRED_SCOPES",
+                        "orders:read".into(),
+                    ),
+                    ("AWS_REGION", "us-east-1".into()),
+                    ("AWS_ACCESS_KEY_ID", aws.base_key.clone()),
+                    ("AWS_SECRET_ACCESS_KEY", aws.base_secret.clone()),
+                    ("AWS_SESSION_TOKEN", aws.base_token.clone()),
+                    ("AWS_EC2_METADATA_DISABLED", "true".into()),
+                ];
+                (Some(aws), Some(broker), interceptor_env)
+            }
+        };
+        let interceptor_env: Vec<(&str, String)> = interceptor_env;
+        let interceptor_base = start_hop(
             opts,
-            HopName::Gateway,
+            HopName::Interceptor,
             &env,
-            &[
-                ("TOKENTRAIL_TARGET_URL", target.clone()),
-                ("TOKENTRAIL_INTERCEPTOR_INVOKE_URL", interceptor.clone()),
-            ],
+            &interceptor_env,
             &mut children,
         )
         .await?;
+        let interceptor =
+            format!("{interceptor_base}/2015-03-31/functions/interceptor/invocations");
+        let mut gateway_env = vec![
+            (
+                "TOKENTRAIL_TARGET_URL",
+                opts.gateway_target_url.clone().unwrap_or(target.clone()),
+            ),
+            ("TOKENTRAIL_INTERCEPTOR_INVOKE_URL", interceptor.clone()),
+        ];
+        if opts.gateway_target_url.is_some() {
+            let spec = opts.out.join("target-openapi.json");
+            std::fs::write(&spec, target::front::OPENAPI)?;
+            gateway_env.push(("TOKENTRAIL_TARGET_OPENAPI", spec.display().to_string()));
+        }
+        let gateway_base =
+            start_hop(opts, HopName::Gateway, &env, &gateway_env, &mut children).await?;
         let gateway = format!("{gateway_base}/mcp");
         let agent = start_hop(
             opts,
@@ -273,15 +515,34 @@ impl Stack {
             target,
             collector: collector_url,
             out: opts.out.clone(),
+            pattern: opts.pattern,
+            sts: aws.as_ref().map(|a| a.sts_url.clone()),
+            broker,
         };
         let json = serde_json::to_string_pretty(&endpoints)?;
-        std::fs::write(opts.out.join("stack.json"), json).context("cannot write stack.json")?;
+        let file = stack_file(&opts.out, opts.pattern);
+        std::fs::write(&file, json).with_context(|| format!("cannot write {}", file.display()))?;
         Ok(Self {
             endpoints,
             collector,
             children,
             collector_task,
+            aws,
         })
+    }
+
+    /// Every secret this stack handed out (for leak scans): the service client's secret, the
+    /// agent's client secret and the interceptor's base AWS keys.
+    pub fn secrets_for_scan(&self) -> Vec<String> {
+        let mut v = vec![
+            aws_names::SERVICE_CLIENT_SECRET.to_owned(),
+            "agent-secret".to_owned(),
+        ];
+        if let Some(aws) = &self.aws {
+            v.push(aws.base_secret.clone());
+            v.push(aws.base_token.clone());
+        }
+        v
     }
 
     /// Stop one hop gracefully (e.g. the IdP, to show cached keys keep working).
@@ -321,9 +582,17 @@ impl Stack {
         // Give the last exports a moment to land, then stop the collector.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.collector_task.abort();
-        let _ = std::fs::remove_file(self.endpoints.out.join("stack.json"));
+        if let Some(aws) = self.aws.take() {
+            aws.stop();
+        }
+        let _ = std::fs::remove_file(stack_file(&self.endpoints.out, self.endpoints.pattern));
         Ok(())
     }
+}
+
+/// Where a running stack of `pattern` describes itself.
+pub fn stack_file(out: &Path, pattern: Pattern) -> PathBuf {
+    out.join(format!("stack-{pattern}.json"))
 }
 
 /// Telemetry for the app (this process): exports to the stack's collector, logs to a file.
@@ -341,11 +610,12 @@ pub fn init_app_telemetry(endpoints: &Endpoints) -> Result<telemetry::Telemetry>
 }
 
 /// `tokentrail up`.
-pub async fn up(out: &Path) -> Result<()> {
-    let opts = StackOptions::new(out)?;
+pub async fn up(out: &Path, pattern: Pattern) -> Result<()> {
+    let mut opts = StackOptions::new(out)?;
+    opts.pattern = pattern;
     let stack = Stack::start(&opts).await?;
     let e = &stack.endpoints;
-    println!("tokentrail stack is up (Ctrl-C stops it)");
+    println!("tokentrail {pattern} stack is up (Ctrl-C stops it)");
     println!(
         "  idp          {}  (issuer; /.well-known/openid-configuration, /jwks, /token)",
         e.idp
@@ -357,6 +627,12 @@ pub async fn up(out: &Path) -> Result<()> {
     println!("  agent        {}/invocations", e.agent);
     println!("  gateway      {}", e.gateway);
     println!("  interceptor  {}", e.interceptor);
+    if let Some(b) = &e.broker {
+        println!("  broker       {b}/token");
+    }
+    if let Some(sts) = &e.sts {
+        println!("  sts          {sts}  (stand-in: AssumeRole, GetCallerIdentity)");
+    }
     println!(
         "  target       {}/orders  (OpenAPI: /openapi.json)",
         e.target
@@ -371,7 +647,7 @@ pub async fn up(out: &Path) -> Result<()> {
     }
     println!("  logs         {}/logs/", e.out.display());
     println!(
-        "try: tokentrail call --user alice --out {}",
+        "try: tokentrail call --pattern {pattern} --user alice --out {}",
         e.out.display()
     );
     crate::serve::interrupt_or_terminate().await;

@@ -111,6 +111,14 @@ secret = "agent-secret"
 audience = "gateway"
 scopes = "gateway:invoke"
 grants = ["client_credentials"]
+
+# The broker's service account (its secret lives in Secrets Manager, or the stand-in's file).
+[[clients]]
+id = "orders-service"
+secret = "orders-service-secret"
+audience = "target-api-service"
+scopes = "orders:read"
+grants = ["client_credentials"]
 "#;
 
 /// Errors loading the configuration.

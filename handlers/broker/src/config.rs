@@ -24,48 +24,8 @@ use crate::core::BrokerSettings;
 use crate::policy::Policy;
 use crate::secrets::{FileSecrets, SecretStore, SecretsManager};
 
-/// Errors in configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A variable is missing.
-    #[error("missing environment variable {0}")]
-    Missing(&'static str),
-    /// A variable is invalid.
-    #[error("invalid {name}: {reason}")]
-    Invalid {
-        /// Variable.
-        name: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
-
-fn opt(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
-    match opt(name) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
-            name,
-            reason: format!("`{v}` is not a whole number"),
-        }),
-    }
-}
-
-/// The region from `AWS_REGION` / `AWS_DEFAULT_REGION` (default `us-east-1`).
-pub fn region() -> String {
-    opt("AWS_REGION")
-        .or_else(|| opt("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| "us-east-1".into())
-}
-
-/// The STS endpoint from `TOKENTRAIL_STS_ENDPOINT`, else the regional one.
-pub fn sts_endpoint() -> String {
-    opt("TOKENTRAIL_STS_ENDPOINT")
-        .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", region()))
-}
+pub use lambda_front::env::ConfigError;
+use lambda_front::env::{number, opt, region, sts_endpoint};
 
 /// Settings and secret store from the environment.
 pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), ConfigError> {

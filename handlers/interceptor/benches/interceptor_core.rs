@@ -32,10 +32,13 @@ fn bench(c: &mut Criterion) {
         issuer,
         audiences: vec![],
         leeway_s: 30,
+        required_scopes: vec![],
+        broker: None,
     };
     let deps = Deps {
         verifier: config.verifier().expect("verifier"),
         config,
+        broker: None,
     };
     let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"orders___getOrder","arguments":{"orderId":"A-1001"}}});
     let event = json!({"interceptorInputVersion":"1.0","mcp":{"rawGatewayRequest":{"body":body.to_string()},"gatewayRequest":{"path":"/mcp","httpMethod":"POST","headers":{"x-custom-usertoken": token},"body":body}}});

@@ -1,24 +1,22 @@
 //! Interceptor configuration from the environment (Lambda style).
+//!
+//! Both modes: `TOKENTRAIL_ISSUER`, `TOKENTRAIL_DISCOVERY_URL`, `TOKENTRAIL_LEEWAY_S` (30),
+//! `TOKENTRAIL_USER_TOKEN_HEADER` (`X-Custom-UserToken`), `TOKENTRAIL_INTERCEPTOR_AUDIENCES`,
+//! `TOKENTRAIL_INTERCEPTOR_REQUIRED_SCOPES`.
+//! `TOKENTRAIL_PATTERN=broker` switches to broker mode, which also needs `TOKENTRAIL_BROKER_URL`,
+//! `TOKENTRAIL_BROKER_ROLE_ARN` and takes `TOKENTRAIL_BROKER_EXTERNAL_ID`, `TOKENTRAIL_BROKER_ID`
+//! (`tokentrail-broker`), `TOKENTRAIL_BROKER_CREDENTIAL`, `TOKENTRAIL_BROKER_SESSION_S` (3600),
+//! `TOKENTRAIL_BROKER_TIMEOUT_MS` (2000), `TOKENTRAIL_STS_ENDPOINT`, `AWS_REGION`; its own
+//! credentials come from the standard AWS configuration (the Lambda execution role).
 
 use std::time::Duration;
 
 use auth::{IssuerPolicy, JwksCache, JwksConfig, Verifier};
+pub use lambda_front::env::ConfigError;
+use lambda_front::env::{list, number, opt, region, required, sts_endpoint};
+use telemetry::Pattern;
 
-/// Errors in configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A variable is missing.
-    #[error("missing environment variable {0}")]
-    Missing(&'static str),
-    /// A variable is invalid.
-    #[error("invalid {name}: {reason}")]
-    Invalid {
-        /// Variable.
-        name: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
+use crate::broker_client::BrokerSettings;
 
 /// Interceptor configuration.
 #[derive(Debug, Clone)]
@@ -29,47 +27,66 @@ pub struct InterceptorConfig {
     pub issuer: String,
     /// OIDC discovery URL.
     pub discovery_url: String,
-    /// Audiences to enforce here; empty leaves the audience to the target (default).
+    /// Audiences to enforce here; empty leaves the audience to the target (passthrough only).
     pub audiences: Vec<String>,
     /// Clock leeway.
     pub leeway_s: u64,
-}
-
-fn var(name: &'static str) -> Result<String, ConfigError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or(ConfigError::Missing(name))
+    /// Scopes the user token must carry (`TOKENTRAIL_INTERCEPTOR_REQUIRED_SCOPES`); in broker
+    /// mode this is the user's authorization, since the target only sees the service account.
+    pub required_scopes: Vec<String>,
+    /// Broker mode when set.
+    pub broker: Option<BrokerSettings>,
 }
 
 impl InterceptorConfig {
     /// From `TOKENTRAIL_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let issuer = var("TOKENTRAIL_ISSUER")?;
-        let discovery_url = std::env::var("TOKENTRAIL_DISCOVERY_URL")
-            .unwrap_or_else(|_| format!("{issuer}/.well-known/openid-configuration"));
-        let leeway_s = match std::env::var("TOKENTRAIL_LEEWAY_S") {
-            Ok(v) => v.parse().map_err(|_| ConfigError::Invalid {
-                name: "TOKENTRAIL_LEEWAY_S",
-                reason: format!("`{v}` is not a number of seconds"),
-            })?,
-            Err(_) => 30,
+        let issuer = required("TOKENTRAIL_ISSUER")?;
+        let pattern = Pattern::from_env().map_err(|e| ConfigError::Invalid {
+            name: telemetry::attrs::PATTERN_ENV,
+            reason: e.to_string(),
+        })?;
+        let audiences = list("TOKENTRAIL_INTERCEPTOR_AUDIENCES");
+        let broker = match pattern {
+            Pattern::Passthrough => None,
+            Pattern::Broker => {
+                if audiences.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        name: "TOKENTRAIL_INTERCEPTOR_AUDIENCES",
+                        reason: "broker mode needs the user token's audience: the target never \
+                                 sees the user's token, so the interceptor must check it"
+                            .into(),
+                    });
+                }
+                Some(BrokerSettings {
+                    broker_url: required("TOKENTRAIL_BROKER_URL")?,
+                    broker_id: opt("TOKENTRAIL_BROKER_ID")
+                        .unwrap_or_else(|| "tokentrail-broker".into()),
+                    credential: opt("TOKENTRAIL_BROKER_CREDENTIAL"),
+                    role_arn: required("TOKENTRAIL_BROKER_ROLE_ARN")?,
+                    external_id: opt("TOKENTRAIL_BROKER_EXTERNAL_ID"),
+                    session_name: opt("TOKENTRAIL_BROKER_SESSION_NAME")
+                        .unwrap_or_else(|| "tokentrail-interceptor".into()),
+                    session_duration: Duration::from_secs(number(
+                        "TOKENTRAIL_BROKER_SESSION_S",
+                        3600,
+                    )?),
+                    sts_endpoint: sts_endpoint(),
+                    region: region(),
+                    timeout: Duration::from_millis(number("TOKENTRAIL_BROKER_TIMEOUT_MS", 2000)?),
+                })
+            }
         };
         Ok(Self {
-            user_token_header: std::env::var("TOKENTRAIL_USER_TOKEN_HEADER")
-                .unwrap_or_else(|_| "X-Custom-UserToken".into()),
+            user_token_header: opt("TOKENTRAIL_USER_TOKEN_HEADER")
+                .unwrap_or_else(|| "X-Custom-UserToken".into()),
+            discovery_url: opt("TOKENTRAIL_DISCOVERY_URL")
+                .unwrap_or_else(|| format!("{issuer}/.well-known/openid-configuration")),
             issuer,
-            discovery_url,
-            audiences: std::env::var("TOKENTRAIL_INTERCEPTOR_AUDIENCES")
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            leeway_s,
+            audiences,
+            leeway_s: number("TOKENTRAIL_LEEWAY_S", 30)?,
+            required_scopes: list("TOKENTRAIL_INTERCEPTOR_REQUIRED_SCOPES"),
+            broker,
         })
     }
 

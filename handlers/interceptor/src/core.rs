@@ -8,6 +8,14 @@
 //! Output on success: `{"interceptorOutputVersion":"1.0","mcp":{"transformedGatewayRequest":
 //! {"headers":{"Authorization":"Bearer <user JWT>"},"body":<original body>}}}` (the custom header
 //! is not echoed). The function is idempotent: the gateway may retry it.
+//!
+//! Broker mode: the user JWT is verified the same way (audience included, since the target never
+//! sees it) and recorded on this hop's span; then a service token from the broker replaces it:
+//! `{"headers":{"Authorization":"Bearer <service token>"}}`, nothing of the user's token echoed.
+//! A broker failure denies with its reason (`caller_not_allowed`, `secret_unavailable`,
+//! `upstream_unavailable`, `upstream_timeout`, …) and the hop that decided.
+
+use std::sync::Arc;
 
 use auth::{Rejection, Verifier};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,7 +25,8 @@ use telemetry::{
 };
 use tracing::instrument;
 
-use crate::config::InterceptorConfig;
+use crate::broker_client::BrokerClient;
+use crate::config::{ConfigError, InterceptorConfig};
 
 /// What the core needs.
 #[derive(Debug, Clone)]
@@ -26,10 +35,47 @@ pub struct Deps {
     pub config: InterceptorConfig,
     /// User-token verifier (shared JWKS cache).
     pub verifier: Verifier,
+    /// Broker mode: the broker client.
+    pub broker: Option<Arc<BrokerClient>>,
+}
+
+impl Deps {
+    /// Build everything `config` asks for.
+    pub async fn from_config(config: InterceptorConfig) -> Result<Self, ConfigError> {
+        let broker = match &config.broker {
+            None => None,
+            Some(settings) => Some(Arc::new(
+                BrokerClient::new(settings.clone())
+                    .await
+                    .map_err(|reason| ConfigError::Invalid {
+                        name: "TOKENTRAIL_BROKER_SESSION_S",
+                        reason,
+                    })?,
+            )),
+        };
+        Ok(Self {
+            verifier: config.verifier()?,
+            config,
+            broker,
+        })
+    }
+
+    /// The pattern this interceptor serves.
+    pub fn pattern(&self) -> Pattern {
+        if self.broker.is_some() {
+            Pattern::Broker
+        } else {
+            Pattern::Passthrough
+        }
+    }
 }
 
 fn deny(id: Value, reason: FailureReason, message: &str) -> Value {
-    let rejection = Rejection::with_message(Hop::Interceptor, reason, message);
+    deny_at(Hop::Interceptor, id, reason, message)
+}
+
+fn deny_at(hop: Hop, id: Value, reason: FailureReason, message: &str) -> Value {
+    let rejection = Rejection::with_message(hop, reason, message);
     json!({
         "interceptorOutputVersion": "1.0",
         "mcp": {
@@ -51,7 +97,7 @@ fn header_ci<'a>(headers: &'a serde_json::Map<String, Value>, name: &str) -> Opt
 /// Handle one interceptor event under `parent`.
 #[instrument(skip_all, level = "debug", name = "interceptor.handle")]
 pub async fn handle(event: &Value, parent: &TraceContext, deps: &Deps) -> Value {
-    let mut span = HopSpan::hop(Hop::Interceptor, Pattern::Passthrough, parent);
+    let mut span = HopSpan::hop(Hop::Interceptor, deps.pattern(), parent);
     let header_name = deps.config.user_token_header.to_ascii_lowercase();
     span.carrier(&format!("header:{header_name}"));
 
@@ -102,12 +148,42 @@ pub async fn handle(event: &Value, parent: &TraceContext, deps: &Deps) -> Value 
     match span.context().scope(deps.verifier.verify(&token)).await {
         Ok(verified) => {
             span.credential(&verified.provenance(CredentialKind::UserJwt, &token));
+            if !verified.claims.has_scopes(&deps.config.required_scopes) {
+                span.reject(FailureReason::InsufficientScope);
+                return deny(
+                    id,
+                    FailureReason::InsufficientScope,
+                    &format!(
+                        "the user token lacks scope `{}`",
+                        deps.config.required_scopes.join(" ")
+                    ),
+                );
+            }
+            let forwarded = match &deps.broker {
+                None => token,
+                Some(broker) => match span
+                    .context()
+                    .scope(Box::pin(broker.service_token(&span.context())))
+                    .await
+                {
+                    Ok(service) => service.token,
+                    Err(f) => {
+                        if f.hop == Hop::Interceptor {
+                            span.reject(f.reason);
+                        } else {
+                            span.downstream_failed(f.reason);
+                        }
+                        tracing::info!(reason = %f.reason, hop = %f.hop, detail = %f.message, "no service token");
+                        return deny_at(f.hop, id, f.reason, &f.message);
+                    }
+                },
+            };
             span.ok();
             json!({
                 "interceptorOutputVersion": "1.0",
                 "mcp": {
                     "transformedGatewayRequest": {
-                        "headers": {"Authorization": format!("Bearer {}", token.expose_secret())},
+                        "headers": {"Authorization": format!("Bearer {}", forwarded.expose_secret())},
                         "body": body,
                     }
                 }

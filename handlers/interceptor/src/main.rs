@@ -6,9 +6,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         telemetry::Service::Interceptor,
     ))?;
     let config = interceptor::InterceptorConfig::from_env()?;
-    let deps = interceptor::Deps {
-        verifier: config.verifier()?,
-        config,
-    };
+    let deps = Box::pin(interceptor::Deps::from_config(config)).await?;
     interceptor::front::run_lambda(deps, telemetry).await
 }

@@ -32,6 +32,8 @@ async fn setup() -> (Deps, String, String) {
         issuer,
         audiences: vec![],
         leeway_s: 30,
+        required_scopes: vec![],
+        broker: None,
     };
     let expired = tokens.pop().expect("expired");
     let valid = tokens.pop().expect("valid");
@@ -39,6 +41,7 @@ async fn setup() -> (Deps, String, String) {
         Deps {
             verifier: config.verifier().expect("verifier"),
             config,
+            broker: None,
         },
         valid,
         expired,

@@ -21,3 +21,69 @@ pub async fn run_router(
     }))
     .await
 }
+
+/// Configuration from the environment, Lambda style, shared by the hops.
+pub mod env {
+    /// Errors in configuration.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConfigError {
+        /// A variable is missing.
+        #[error("missing environment variable {0}")]
+        Missing(&'static str),
+        /// A variable is invalid.
+        #[error("invalid {name}: {reason}")]
+        Invalid {
+            /// Variable.
+            name: &'static str,
+            /// Why.
+            reason: String,
+        },
+    }
+
+    /// A variable's value, `None` when unset or blank.
+    pub fn opt(name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    /// A required variable.
+    pub fn required(name: &'static str) -> Result<String, ConfigError> {
+        opt(name).ok_or(ConfigError::Missing(name))
+    }
+
+    /// A whole number, `default` when unset.
+    pub fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        match opt(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name,
+                reason: format!("`{v}` is not a whole number"),
+            }),
+        }
+    }
+
+    /// A comma-separated list (empty when unset).
+    pub fn list(name: &str) -> Vec<String> {
+        opt(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The region from `AWS_REGION` / `AWS_DEFAULT_REGION` (default `us-east-1`).
+    pub fn region() -> String {
+        opt("AWS_REGION")
+            .or_else(|| opt("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+
+    /// The STS endpoint from `TOKENTRAIL_STS_ENDPOINT`, else the regional one.
+    pub fn sts_endpoint() -> String {
+        opt("TOKENTRAIL_STS_ENDPOINT")
+            .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", region()))
+    }
+}

@@ -49,12 +49,34 @@ pub fn seed_orders() -> BTreeMap<String, Order> {
 /// Dependencies.
 #[derive(Debug, Clone)]
 pub struct Deps {
-    /// User-token verifier.
-    pub verifier: Verifier,
+    /// User-token verifier (passthrough), when user tokens are accepted.
+    pub user: Option<Verifier>,
+    /// Service-token verifier (broker: the service audience and clients), when accepted.
+    pub service: Option<Verifier>,
+    /// The audience that marks a service token.
+    pub service_audience: String,
     /// Scope needed to read.
     pub read_scope: String,
+    /// The pattern this deployment serves (for requests whose credential does not say).
+    pub pattern: Pattern,
     /// Data.
     pub orders: BTreeMap<String, Order>,
+}
+
+impl Deps {
+    /// The verifier and credential kind for `token`: a token whose (unverified) audience is the
+    /// service audience goes to the service verifier, anything else to the user verifier.
+    fn verifier_for(&self, token: &secrecy::SecretString) -> Option<(&Verifier, CredentialKind)> {
+        let looks_like_service = auth::verify::decode_unverified(token)
+            .map(|c| c.audience.iter().any(|a| a == &self.service_audience))
+            .unwrap_or(false);
+        match (looks_like_service, &self.service, &self.user) {
+            (true, Some(v), _) => Some((v, CredentialKind::ServiceToken)),
+            (_, _, Some(v)) => Some((v, CredentialKind::UserJwt)),
+            (false, Some(v), None) => Some((v, CredentialKind::ServiceToken)),
+            (true, None, None) | (false, None, None) => None,
+        }
+    }
 }
 
 /// What the caller asked for.
@@ -92,7 +114,7 @@ pub async fn handle(
     parent: &TraceContext,
     deps: &Deps,
 ) -> Reply {
-    let mut span = HopSpan::hop(Hop::Target, Pattern::Passthrough, parent);
+    let mut span = HopSpan::hop(Hop::Target, deps.pattern, parent);
     span.carrier("header:authorization");
     let Some(header) = authorization else {
         span.credential(&CredentialProvenance::absent());
@@ -110,17 +132,25 @@ pub async fn handle(
             "Authorization is not a Bearer credential",
         );
     };
-    let verified = match span.context().scope(deps.verifier.verify(&token)).await {
+    let Some((verifier, kind)) = deps.verifier_for(&token) else {
+        span.credential(&CredentialProvenance::opaque(
+            CredentialKind::UserJwt,
+            &token,
+        ));
+        return reject(
+            &mut span,
+            FailureReason::Internal,
+            "no credential kind is accepted",
+        );
+    };
+    let verified = match span.context().scope(verifier.verify(&token)).await {
         Ok(v) => v,
         Err(e) => {
-            span.credential(&CredentialProvenance::opaque(
-                CredentialKind::UserJwt,
-                &token,
-            ));
+            span.credential(&CredentialProvenance::opaque(kind, &token));
             return reject(&mut span, e.reason, &e.detail);
         }
     };
-    span.credential(&verified.provenance(CredentialKind::UserJwt, &token));
+    span.credential(&verified.provenance(kind, &token));
     let subject = verified.claims.sub.clone();
     span.enduser(&subject);
     if !verified
@@ -133,13 +163,13 @@ pub async fn handle(
             &format!("scope `{}` required", deps.read_scope),
         );
     }
+    // A user reads their own orders; a service account (broker pattern) acts for the whole API,
+    // which is what the broker pattern trades away: the target no longer knows the user.
+    let may_read = |o: &Order| kind == CredentialKind::ServiceToken || o.owner == subject;
     let reply = match op {
         Operation::ListOrders => {
-            let mine: Vec<&crate::core::Order> = deps
-                .orders
-                .values()
-                .filter(|o| o.owner == subject)
-                .collect();
+            let mine: Vec<&crate::core::Order> =
+                deps.orders.values().filter(|o| may_read(o)).collect();
             Reply {
                 status: 200,
                 body: json!({"orders": mine}),
@@ -147,7 +177,7 @@ pub async fn handle(
         }
         Operation::GetOrder(id) => match deps.orders.get(&id) {
             None => return reject(&mut span, FailureReason::NotFound, "no such order"),
-            Some(o) if o.owner != subject => {
+            Some(o) if !may_read(o) => {
                 return reject(
                     &mut span,
                     FailureReason::Forbidden,

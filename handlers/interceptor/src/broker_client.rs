@@ -1,0 +1,296 @@
+//! Broker mode: get a service token from the token broker in the central account.
+//!
+//! 1. `sts:AssumeRole` of the central-account role with the `ExternalId` (real `aws-sdk-sts`),
+//!    credentials cached until 5 minutes before they expire; the session is at most 1 hour
+//!    because a Lambda assuming a role with its execution-role session is role chaining.
+//! 2. Presign `sts:GetCallerIdentity` with those credentials, bound to the broker's id.
+//! 3. `POST {broker}/token` with the proof, within a bounded timeout.
+//!
+//! Every failure carries the reason the interceptor denies with (fail closed).
+
+use std::time::{Duration, SystemTime};
+
+use auth::Rejection;
+use auth::iam::{self, AwsCredentials};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use telemetry::attrs::semconv;
+use telemetry::{FailureReason, Hop, Role, Span, TraceContext};
+use tokio::sync::Mutex;
+use tracing::instrument;
+
+/// Refresh assumed-role credentials this long before they expire.
+pub const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Longest session a chained `AssumeRole` may ask for.
+pub const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
+
+/// Broker-mode settings.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Broker base URL (`POST {url}/token`).
+    pub broker_url: String,
+    /// The broker's id, bound into the caller proof.
+    pub broker_id: String,
+    /// Which service credential to ask for (`None`: the caller's only one).
+    pub credential: Option<String>,
+    /// Central-account role to assume.
+    pub role_arn: String,
+    /// `ExternalId` for the role's trust policy.
+    pub external_id: Option<String>,
+    /// `RoleSessionName`.
+    pub session_name: String,
+    /// `DurationSeconds` (900–3600: role chaining).
+    pub session_duration: Duration,
+    /// STS endpoint (for the SDK and the presign).
+    pub sts_endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Bound on each of STS and the broker call.
+    pub timeout: Duration,
+}
+
+/// Why no service token was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerFailure {
+    /// The hop that decided (`broker.token` when the broker refused, else the interceptor).
+    pub hop: Hop,
+    /// Reason.
+    pub reason: FailureReason,
+    /// Explanation (no secrets).
+    pub message: String,
+}
+
+fn failure(reason: FailureReason, message: impl Into<String>) -> BrokerFailure {
+    BrokerFailure {
+        hop: Hop::Interceptor,
+        reason,
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    access_token: SecretString,
+}
+
+/// A service token from the broker.
+pub struct ServiceToken {
+    /// The token.
+    pub token: SecretString,
+}
+
+/// The broker client (one per process; credentials cached across invocations).
+pub struct BrokerClient {
+    settings: BrokerSettings,
+    sts: aws_sdk_sts::Client,
+    http: reqwest::Client,
+    creds: Mutex<Option<AwsCredentials>>,
+}
+
+impl std::fmt::Debug for BrokerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerClient {
+    /// A client using the standard AWS configuration for its own (base) credentials.
+    pub async fn new(settings: BrokerSettings) -> Result<Self, String> {
+        if settings.session_duration > ROLE_CHAINING_MAX
+            || settings.session_duration < Duration::from_secs(900)
+        {
+            return Err(format!(
+                "the session duration must be 900–3600 s (role chaining caps it at 1 hour), not {} s",
+                settings.session_duration.as_secs()
+            ));
+        }
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(settings.timeout)
+            .build();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()))
+            .endpoint_url(settings.sts_endpoint.clone())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            sts: aws_sdk_sts::Client::new(&config),
+            settings,
+            http,
+            creds: Mutex::new(None),
+        })
+    }
+
+    /// The assumed-role credentials: cached, or fresh from `sts:AssumeRole`.
+    #[instrument(skip_all, level = "debug", name = "interceptor.assume_role")]
+    pub async fn credentials(
+        &self,
+        parent: &TraceContext,
+    ) -> Result<AwsCredentials, BrokerFailure> {
+        let mut guard = self.creds.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.expires_at
+                .is_some_and(|at| SystemTime::now() + CREDENTIAL_REFRESH_MARGIN < at)
+        {
+            return Ok(c.clone());
+        }
+        let span = Span::child("sts.AssumeRole", Role::Client, parent);
+        span.attr(semconv::RPC_SYSTEM, "aws-api");
+        span.attr(semconv::RPC_SERVICE, "STS");
+        span.attr(semconv::RPC_METHOD, "AssumeRole");
+        span.attr(semconv::SERVER_ADDRESS, self.settings.sts_endpoint.clone());
+        let mut req = self
+            .sts
+            .assume_role()
+            .role_arn(&self.settings.role_arn)
+            .role_session_name(&self.settings.session_name)
+            .duration_seconds(self.settings.session_duration.as_secs() as i32);
+        if let Some(ext) = &self.settings.external_id {
+            req = req.external_id(ext);
+        }
+        let out = req.send().await.map_err(|e| {
+            use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+            let f = match &e {
+                SdkError::TimeoutError(_) => failure(
+                    FailureReason::UpstreamTimeout,
+                    "sts:AssumeRole did not answer in time",
+                ),
+                SdkError::ServiceError(s) => {
+                    let code = s.err().code().unwrap_or("unknown").to_owned();
+                    let reason = if code == "AccessDenied" {
+                        FailureReason::CallerNotAllowed
+                    } else {
+                        FailureReason::UpstreamUnavailable
+                    };
+                    failure(
+                        reason,
+                        format!(
+                            "sts:AssumeRole of {} failed: {code}: {}",
+                            self.settings.role_arn,
+                            s.err().message().unwrap_or("")
+                        ),
+                    )
+                }
+                other => failure(
+                    FailureReason::UpstreamUnavailable,
+                    format!(
+                        "sts:AssumeRole failed: {}",
+                        aws_sdk_sts::error::DisplayErrorContext(other)
+                    ),
+                ),
+            };
+            span.fail(f.reason.as_str());
+            f
+        })?;
+        let c = out.credentials().ok_or_else(|| {
+            span.fail("bad_response");
+            failure(
+                FailureReason::UpstreamUnavailable,
+                "sts:AssumeRole returned no credentials",
+            )
+        })?;
+        let expires_at = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(c.expiration().secs()).unwrap_or(0));
+        let creds = AwsCredentials {
+            access_key_id: c.access_key_id().to_owned(),
+            secret_access_key: SecretString::from(c.secret_access_key().to_owned()),
+            session_token: Some(SecretString::from(c.session_token().to_owned())),
+            expires_at: Some(expires_at),
+        };
+        *guard = Some(creds.clone());
+        Ok(creds)
+    }
+
+    /// A service token for this request.
+    #[instrument(skip_all, level = "debug", name = "interceptor.service_token")]
+    pub async fn service_token(
+        &self,
+        parent: &TraceContext,
+    ) -> Result<ServiceToken, BrokerFailure> {
+        // Boxed: the SDK's futures are deep, and the Lambda runtime nests this one further.
+        let creds = Box::pin(self.credentials(parent)).await?;
+        let proof = iam::presign_get_caller_identity(
+            &creds,
+            &self.settings.sts_endpoint,
+            &self.settings.region,
+            &self.settings.broker_id,
+            SystemTime::now(),
+        )
+        .map_err(|e| failure(FailureReason::Internal, e.to_string()))?;
+        let url = format!("{}/token", self.settings.broker_url.trim_end_matches('/'));
+        let span = Span::child("broker.request", Role::Client, parent);
+        span.attr(semconv::URL_FULL, url.clone());
+        span.attr(semconv::HTTP_REQUEST_METHOD, "POST");
+        let mut body = serde_json::json!({ "caller_proof": proof.expose_secret() });
+        if let Some(c) = &self.settings.credential {
+            body["credential"] = serde_json::Value::String(c.clone());
+        }
+        let resp = self
+            .http
+            .post(&url)
+            .headers(span.context().http_headers())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                let reason = auth::wire::transport_failure(&e);
+                span.fail(reason.as_str());
+                failure(
+                    reason,
+                    if reason == FailureReason::UpstreamTimeout {
+                        format!(
+                            "the token broker did not answer within {} ms",
+                            self.settings.timeout.as_millis()
+                        )
+                    } else {
+                        format!("the token broker could not be reached: {}", e.without_url())
+                    },
+                )
+            })?;
+        let status = resp.status().as_u16();
+        span.attr(semconv::HTTP_RESPONSE_STATUS_CODE, status);
+        let bytes = resp.bytes().await.map_err(|e| {
+            let reason = auth::wire::transport_failure(&e);
+            span.fail(reason.as_str());
+            failure(reason, "the token broker's answer was cut short")
+        })?;
+        if status == 200 {
+            let reply: TokenReply = serde_json::from_slice(&bytes).map_err(|_| {
+                span.fail("bad_response");
+                failure(
+                    FailureReason::UpstreamUnavailable,
+                    "the token broker answered 200 without an access_token",
+                )
+            })?;
+            return Ok(ServiceToken {
+                token: reply.access_token,
+            });
+        }
+        let rejection = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| Rejection::from_json(&v));
+        span.fail(
+            rejection
+                .as_ref()
+                .map(|r| r.reason.as_str())
+                .unwrap_or("bad_response"),
+        );
+        Err(match rejection {
+            Some(r) => BrokerFailure {
+                hop: r.hop,
+                reason: r.reason,
+                message: r.message,
+            },
+            None => failure(
+                FailureReason::UpstreamUnavailable,
+                format!("the token broker answered {status} without a reason"),
+            ),
+        })
+    }
+}
