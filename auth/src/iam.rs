@@ -1,11 +1,13 @@
-//! IAM caller proof for the token broker, as Vault's and Kubernetes' AWS authenticators do it: the
-//! caller presigns an `sts:GetCallerIdentity` request with its own credentials and hands the URL
-//! to the broker; the broker checks what the URL asks for ([`check_presign`]), then executes it
-//! against STS and learns the caller's ARN. No secret is shared between the accounts.
+//! IAM caller proof for the token broker, as Vault's AWS authenticator does it: the caller signs
+//! (SigV4, header form) an `sts:GetCallerIdentity` request with its own credentials without
+//! sending it, and hands the signed request ([`CallerProof`]: URL and signed headers) to the
+//! broker; the broker checks what the request asks for ([`check_proof`]), then sends it to STS
+//! and learns the caller's ARN from the answer. No secret is shared between the accounts.
 //!
-//! The presign signs one extra header, [`BROKER_ID_HEADER`], whose value is the broker's id: a
+//! The signature covers one extra header, [`BROKER_ID_HEADER`], whose value is the broker's id: a
 //! proof made for one broker cannot be replayed to another (STS rejects the signature when the
-//! broker adds its own id).
+//! broker adds its own id). The header form, rather than a query-string presign, is what STS
+//! emulators route by (the `Authorization` header's credential scope names the service).
 //!
 //! Also here: SigV4 verification ([`verify_sigv4`]) for the local STS stand-in, which must reject a
 //! bad signature as STS does, and the few date conversions SigV4 and STS responses need.
@@ -19,8 +21,6 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Header bound into every caller proof: the broker's id.
 pub const BROKER_ID_HEADER: &str = "x-tokentrail-broker-id";
-/// How long a presigned caller proof is valid for STS (`X-Amz-Expires`).
-pub const PRESIGN_EXPIRES: Duration = Duration::from_secs(60);
 /// The query that asks STS who the caller is.
 pub const GET_CALLER_IDENTITY_QUERY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
@@ -49,10 +49,10 @@ impl std::fmt::Debug for AwsCredentials {
 /// Errors of this module. Messages never carry a signature, a key or a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IamError {
-    /// The presign could not be built.
-    #[error("cannot presign the caller proof: {0}")]
+    /// The proof could not be signed.
+    #[error("cannot sign the caller proof: {0}")]
     Presign(String),
-    /// Not a usable presigned URL.
+    /// Not a usable caller proof.
     #[error("caller proof is malformed: {0}")]
     Malformed(String),
     /// The URL points somewhere other than the configured STS endpoint.
@@ -109,18 +109,93 @@ fn endpoint_origin(u: &url::Url) -> String {
     format!("{}://{}{port}", u.scheme(), u.host_str().unwrap_or(""))
 }
 
-/// Presign `sts:GetCallerIdentity` against `sts_endpoint` with `creds`, bound to `broker_id`.
-/// The URL is a credential for [`PRESIGN_EXPIRES`]: it is returned as a secret.
-pub fn presign_get_caller_identity(
+fn query_pairs(u: &url::Url) -> Vec<(String, String)> {
+    u.query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Result<&'a str, IamError> {
+    let mut it = pairs.iter().filter(|(k, _)| k == key);
+    match (it.next(), it.next()) {
+        (Some((_, v)), None) => Ok(v),
+        (None, _) => Err(IamError::Malformed(format!("no {key}"))),
+        (Some(_), Some(_)) => Err(IamError::Malformed(format!("{key} given twice"))),
+    }
+}
+
+/// Headers of a caller proof the broker forwards to STS (everything else is refused).
+pub const PROOF_HEADERS: &[&str] = &["authorization", "x-amz-date", "x-amz-security-token"];
+
+/// A signed, unsent `sts:GetCallerIdentity` request. It is a credential for as long as STS
+/// accepts the signature: `Debug` shows only the URL, and the headers are secrets.
+pub struct CallerProof {
+    /// `https://sts.…/?Action=GetCallerIdentity&Version=2011-06-15` (nothing secret).
+    pub url: String,
+    /// The signed headers to send ([`PROOF_HEADERS`]), lower-case names.
+    pub headers: Vec<(String, SecretString)>,
+}
+
+impl std::fmt::Debug for CallerProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerProof")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallerProof {
+    /// The wire form: `{"url": …, "headers": {name: value}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let headers: serde_json::Map<String, serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(v.expose_secret().to_owned()),
+                )
+            })
+            .collect();
+        serde_json::json!({"url": self.url, "headers": headers})
+    }
+
+    /// From the wire form.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, IamError> {
+        let url = v
+            .get("url")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| IamError::Malformed("no url".into()))?
+            .to_owned();
+        let headers = v
+            .get("headers")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| IamError::Malformed("no headers".into()))?
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.to_ascii_lowercase(), SecretString::from(s.to_owned())))
+                    .ok_or_else(|| IamError::Malformed(format!("header `{k}` is not a string")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { url, headers })
+    }
+
+    fn header(&self, name: &str) -> Option<&SecretString> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// Sign `sts:GetCallerIdentity` against `sts_endpoint` with `creds`, bound to `broker_id`, at
+/// `now`, without sending it.
+pub fn sign_get_caller_identity(
     creds: &AwsCredentials,
     sts_endpoint: &str,
     region: &str,
     broker_id: &str,
     now: SystemTime,
-) -> Result<SecretString, IamError> {
-    use aws_sigv4::http_request::{
-        SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-    };
+) -> Result<CallerProof, IamError> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
 
     let base = url::Url::parse(sts_endpoint)
@@ -141,15 +216,12 @@ pub fn presign_get_caller_identity(
         "tokentrail",
     )
     .into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(PRESIGN_EXPIRES);
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
         .name("sts")
         .time(now)
-        .settings(settings)
+        .settings(SigningSettings::default())
         .build()
         .map_err(|e| IamError::Presign(e.to_string()))?
         .into();
@@ -170,12 +242,21 @@ pub fn presign_get_caller_identity(
         .body(())
         .map_err(|e| IamError::Presign(e.to_string()))?;
     instructions.apply_to_request_http1x(&mut req);
-    Ok(SecretString::from(req.uri().to_string()))
+    let mut out = Vec::new();
+    for name in PROOF_HEADERS {
+        if let Some(v) = req.headers().get(*name) {
+            let v = v
+                .to_str()
+                .map_err(|_| IamError::Presign(format!("{name} is not text")))?;
+            out.push(((*name).to_owned(), SecretString::from(v.to_owned())));
+        }
+    }
+    Ok(CallerProof { url, headers: out })
 }
 
 /// What the broker accepts as a caller proof.
 #[derive(Debug, Clone)]
-pub struct PresignPolicy {
+pub struct ProofPolicy {
     /// The STS endpoint the proof must be aimed at (`https://sts.us-east-1.amazonaws.com`).
     pub sts_endpoint: String,
     /// This broker's id (the value of [`BROKER_ID_HEADER`]).
@@ -186,53 +267,29 @@ pub struct PresignPolicy {
     pub max_skew: Duration,
 }
 
-/// A caller proof that passed [`check_presign`]: what to execute against STS.
-pub struct CheckedPresign {
-    /// The URL to GET (unchanged).
-    pub url: SecretString,
+/// What [`check_proof`] learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedProof {
     /// The access key id that signed it (not secret).
     pub access_key_id: String,
     /// Seconds since the signature was made.
     pub age_s: i64,
 }
 
-impl std::fmt::Debug for CheckedPresign {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckedPresign")
-            .field("access_key_id", &self.access_key_id)
-            .field("age_s", &self.age_s)
-            .finish_non_exhaustive()
-    }
-}
-
-fn query_pairs(u: &url::Url) -> Vec<(String, String)> {
-    u.query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Result<&'a str, IamError> {
-    let mut it = pairs.iter().filter(|(k, _)| k == key);
-    match (it.next(), it.next()) {
-        (Some((_, v)), None) => Ok(v),
-        (None, _) => Err(IamError::Malformed(format!("no {key}"))),
-        (Some(_), Some(_)) => Err(IamError::Malformed(format!("{key} given twice"))),
-    }
-}
-
-/// Check a presigned caller proof before executing it: aimed at the configured STS endpoint,
-/// `GetCallerIdentity` only, signed with SigV4 including the broker-id header, and fresh.
-pub fn check_presign(
-    url: &SecretString,
-    policy: &PresignPolicy,
+/// Check a caller proof before sending it: aimed at the configured STS endpoint,
+/// `GetCallerIdentity` only, only the expected headers, signed with SigV4 for `sts` including the
+/// broker-id header, and fresh.
+pub fn check_proof(
+    proof: &CallerProof,
+    policy: &ProofPolicy,
     now_epoch: i64,
-) -> Result<CheckedPresign, IamError> {
-    let u = url::Url::parse(url.expose_secret())
-        .map_err(|e| IamError::Malformed(format!("not a URL ({e})")))?;
+) -> Result<CheckedProof, IamError> {
+    let u =
+        url::Url::parse(&proof.url).map_err(|e| IamError::Malformed(format!("not a URL ({e})")))?;
     let expected = url::Url::parse(&policy.sts_endpoint)
         .map_err(|e| IamError::Malformed(format!("configured STS endpoint is not a URL ({e})")))?;
     let (got, want) = (endpoint_origin(&u), endpoint_origin(&expected));
-    if !got.eq_ignore_ascii_case(&want) || u.username() != "" || u.password().is_some() {
+    if !got.eq_ignore_ascii_case(&want) || !u.username().is_empty() || u.password().is_some() {
         return Err(IamError::WrongEndpoint {
             got,
             expected: want,
@@ -247,40 +304,53 @@ pub fn check_presign(
     if action != "GetCallerIdentity" || version != "2011-06-15" {
         return Err(IamError::WrongAction(format!("{action} ({version})")));
     }
-    let allowed = [
-        "Action",
-        "Version",
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Security-Token",
-        "X-Amz-Signature",
-    ];
-    if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| k != "Action" && k != "Version") {
         return Err(IamError::Malformed(format!("unexpected parameter `{k}`")));
     }
-    if one(&pairs, "X-Amz-Algorithm")? != "AWS4-HMAC-SHA256" {
-        return Err(IamError::Malformed(
-            "X-Amz-Algorithm must be AWS4-HMAC-SHA256".into(),
-        ));
+    if let Some((k, _)) = proof
+        .headers
+        .iter()
+        .find(|(k, _)| !PROOF_HEADERS.contains(&k.as_str()))
+    {
+        return Err(IamError::Malformed(format!("unexpected header `{k}`")));
     }
-    one(&pairs, "X-Amz-Signature")?;
-    let credential = one(&pairs, "X-Amz-Credential")?;
-    let access_key_id = credential
-        .split('/')
-        .next()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| IamError::Malformed("empty X-Amz-Credential".into()))?
-        .to_owned();
-    let signed = one(&pairs, "X-Amz-SignedHeaders")?;
-    if !signed.split(';').any(|h| h == BROKER_ID_HEADER) {
+    let authz = proof
+        .header("authorization")
+        .ok_or_else(|| IamError::Malformed("no authorization header".into()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        authz
+            .expose_secret()
+            .parse()
+            .map_err(|_| IamError::Malformed("authorization is not a header value".into()))?,
+    );
+    if let Some(d) = proof.header("x-amz-date") {
+        headers.insert(
+            "x-amz-date",
+            d.expose_secret()
+                .parse()
+                .map_err(|_| IamError::Malformed("x-amz-date is not a header value".into()))?,
+        );
+    }
+    let params = sigv4_params(&ReceivedRequest {
+        method: "GET",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: b"",
+    })
+    .map_err(|e| IamError::Malformed(e.to_string()))?;
+    if params.service != "sts" {
+        return Err(IamError::Malformed(format!(
+            "signed for service `{}`, not `sts`",
+            params.service
+        )));
+    }
+    if !params.signed_headers.iter().any(|h| h == BROKER_ID_HEADER) {
         return Err(IamError::NotBound);
     }
-    let signed_at = amz_date_to_epoch(one(&pairs, "X-Amz-Date")?)
-        .ok_or_else(|| IamError::Malformed("X-Amz-Date is not yyyymmddThhmmssZ".into()))?;
-    let age_s = now_epoch - signed_at;
+    let age_s = now_epoch - params.signed_at;
     if age_s < -(policy.max_skew.as_secs() as i64) {
         return Err(IamError::FutureDated { ahead_s: -age_s });
     }
@@ -290,9 +360,8 @@ pub fn check_presign(
             max_s: policy.max_age.as_secs(),
         });
     }
-    Ok(CheckedPresign {
-        url: url.clone(),
-        access_key_id,
+    Ok(CheckedProof {
+        access_key_id: params.access_key_id,
         age_s,
     })
 }
@@ -655,8 +724,8 @@ mod tests {
         }
     }
 
-    fn policy() -> PresignPolicy {
-        PresignPolicy {
+    fn policy() -> ProofPolicy {
+        ProofPolicy {
             sts_endpoint: "https://sts.us-east-1.amazonaws.com".into(),
             broker_id: "broker-a".into(),
             max_age: Duration::from_secs(60),
@@ -664,29 +733,32 @@ mod tests {
         }
     }
 
-    /// The received form of a presigned URL, with the headers a broker adds when executing it.
-    fn received(url: &str, broker_id: &str) -> (String, String, HeaderMap) {
-        let u = url::Url::parse(url).unwrap();
+    fn proof_at(endpoint: &str, at: SystemTime) -> CallerProof {
+        sign_get_caller_identity(&creds(), endpoint, "us-east-1", "broker-a", at).unwrap()
+    }
+
+    /// The request as STS receives it from a broker with id `broker_id`.
+    fn received(proof: &CallerProof, broker_id: &str) -> (String, String, HeaderMap) {
+        let u = url::Url::parse(&proof.url).unwrap();
         let mut h = HeaderMap::new();
         h.insert("host", u.host_str().unwrap().to_owned().try_into().unwrap());
         h.insert(BROKER_ID_HEADER, broker_id.try_into().unwrap());
+        for (k, v) in &proof.headers {
+            h.insert(
+                http::HeaderName::try_from(k.as_str()).unwrap(),
+                v.expose_secret().try_into().unwrap(),
+            );
+        }
         (u.path().to_owned(), u.query().unwrap_or("").to_owned(), h)
     }
 
     #[test]
-    fn a_presign_from_the_aws_signer_verifies_and_a_wrong_secret_or_broker_does_not() {
-        let now = SystemTime::now();
-        let url = presign_get_caller_identity(
-            &creds(),
-            "https://sts.us-east-1.amazonaws.com",
-            "us-east-1",
-            "broker-a",
-            now,
-        )
-        .unwrap();
-        let checked = check_presign(&url, &policy(), now_epoch()).unwrap();
+    fn a_proof_from_the_aws_signer_verifies_and_a_wrong_secret_or_broker_does_not() {
+        let proof = proof_at("https://sts.us-east-1.amazonaws.com", SystemTime::now());
+        let round_trip = CallerProof::from_json(&proof.to_json()).unwrap();
+        let checked = check_proof(&round_trip, &policy(), now_epoch()).unwrap();
         assert_eq!(checked.access_key_id, "ASIATESTKEY0000001");
-        let (path, query, headers) = received(url.expose_secret(), "broker-a");
+        let (path, query, headers) = received(&proof, "broker-a");
         let req = ReceivedRequest {
             method: "GET",
             path: &path,
@@ -695,17 +767,16 @@ mod tests {
             body: b"",
         };
         let params = sigv4_params(&req).unwrap();
-        assert!(params.presigned);
+        assert!(!params.presigned);
         assert_eq!(params.service, "sts");
-        assert_eq!(params.expires_s, Some(60));
         verify_sigv4(&req, &params, &creds().secret_access_key).unwrap();
         let wrong = SecretString::from("another-secret".to_owned());
         assert_eq!(
             verify_sigv4(&req, &params, &wrong),
             Err(IamError::SignatureMismatch)
         );
-        // Executed by another broker (its own id in the header): the signature breaks.
-        let (_, _, other) = received(url.expose_secret(), "broker-b");
+        // Sent by another broker (its own id in the header): the signature breaks.
+        let (_, _, other) = received(&proof, "broker-b");
         let req_b = ReceivedRequest {
             headers: &other,
             ..req
@@ -714,61 +785,69 @@ mod tests {
             verify_sigv4(&req_b, &params, &creds().secret_access_key),
             Err(IamError::SignatureMismatch)
         );
+        // Debug never shows the signature or the session token.
+        let dbg = format!("{proof:?}");
+        assert!(!dbg.contains("Signature=") && !dbg.contains("session-token-value"));
     }
 
     #[test]
     fn the_broker_refuses_other_hosts_actions_stale_and_unbound_proofs() {
         let now = SystemTime::now();
-        let make = |endpoint: &str, at: SystemTime| {
-            presign_get_caller_identity(&creds(), endpoint, "us-east-1", "broker-a", at).unwrap()
-        };
-        let evil = make("https://sts.evil.example", now);
+        let evil = proof_at("https://sts.evil.example", now);
         assert!(matches!(
-            check_presign(&evil, &policy(), now_epoch()),
+            check_proof(&evil, &policy(), now_epoch()),
             Err(IamError::WrongEndpoint { .. })
         ));
-        let http_downgrade = make("http://sts.us-east-1.amazonaws.com", now);
+        let downgrade = proof_at("http://sts.us-east-1.amazonaws.com", now);
         assert!(matches!(
-            check_presign(&http_downgrade, &policy(), now_epoch()),
+            check_proof(&downgrade, &policy(), now_epoch()),
             Err(IamError::WrongEndpoint { .. })
         ));
-        let old = make(
+        let old = proof_at(
             "https://sts.us-east-1.amazonaws.com",
             now - Duration::from_secs(300),
         );
         assert!(matches!(
-            check_presign(&old, &policy(), now_epoch()),
+            check_proof(&old, &policy(), now_epoch()),
             Err(IamError::Stale { .. })
         ));
-        let future = make(
+        let future = proof_at(
             "https://sts.us-east-1.amazonaws.com",
             now + Duration::from_secs(300),
         );
         assert!(matches!(
-            check_presign(&future, &policy(), now_epoch()),
+            check_proof(&future, &policy(), now_epoch()),
             Err(IamError::FutureDated { .. })
         ));
-        let good = make("https://sts.us-east-1.amazonaws.com", now);
-        let swapped = good
-            .expose_secret()
-            .replace("GetCallerIdentity", "AssumeRole");
+        let mut other_action = proof_at("https://sts.us-east-1.amazonaws.com", now);
+        other_action.url = other_action.url.replace("GetCallerIdentity", "AssumeRole");
         assert!(matches!(
-            check_presign(&SecretString::from(swapped), &policy(), now_epoch()),
+            check_proof(&other_action, &policy(), now_epoch()),
             Err(IamError::WrongAction(_))
         ));
-        let unbound = good
-            .expose_secret()
-            .replace("%3Bx-tokentrail-broker-id", "");
-        assert!(matches!(
-            check_presign(&SecretString::from(unbound), &policy(), now_epoch()),
+        let mut extra = proof_at("https://sts.us-east-1.amazonaws.com", now);
+        extra.url.push_str("&RoleArn=x");
+        assert!(check_proof(&extra, &policy(), now_epoch()).is_err());
+        let mut unbound = proof_at("https://sts.us-east-1.amazonaws.com", now);
+        for (k, v) in unbound.headers.iter_mut() {
+            if k == "authorization" {
+                *v = SecretString::from(v.expose_secret().replace(";x-tokentrail-broker-id", ""));
+            }
+        }
+        assert_eq!(
+            check_proof(&unbound, &policy(), now_epoch()),
             Err(IamError::NotBound)
+        );
+        let mut smuggled = proof_at("https://sts.us-east-1.amazonaws.com", now);
+        smuggled.headers.push((
+            "host".into(),
+            SecretString::from("sts.evil.example".to_owned()),
         ));
-        let extra = format!("{}&Action=AssumeRole", good.expose_secret());
-        assert!(check_presign(&SecretString::from(extra), &policy(), now_epoch()).is_err());
-        // Errors never echo the URL's secrets.
-        let e = check_presign(&evil, &policy(), now_epoch()).unwrap_err();
+        assert!(check_proof(&smuggled, &policy(), now_epoch()).is_err());
+        // Errors never echo the proof's secrets.
+        let e = check_proof(&evil, &policy(), now_epoch()).unwrap_err();
         assert!(!e.to_string().contains("session-token-value"));
-        assert!(!e.to_string().contains("X-Amz-Signature"));
+        assert!(!e.to_string().contains("Signature="));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The STS stand-in against the real `aws-sdk-sts` client and real presigned URLs.
+//! The STS stand-in against the real `aws-sdk-sts` client and real signed caller proofs.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -65,14 +65,19 @@ fn code<E: ProvideErrorMetadata>(e: &E) -> String {
     e.code().unwrap_or("?").to_owned()
 }
 
-async fn execute(url: &SecretString, broker_id: &str) -> (u16, String) {
-    let resp = reqwest::Client::new()
-        .get(url.expose_secret())
-        .header(iam::BROKER_ID_HEADER, broker_id)
-        .send()
-        .await
-        .unwrap();
+async fn execute(proof: &iam::CallerProof, broker_id: &str) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .get(&proof.url)
+        .header(iam::BROKER_ID_HEADER, broker_id);
+    for (k, v) in &proof.headers {
+        req = req.header(k.as_str(), v.expose_secret());
+    }
+    let resp = req.send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+fn sign(creds: &AwsCredentials, endpoint: &str, at: SystemTime) -> iam::CallerProof {
+    iam::sign_get_caller_identity(creds, endpoint, "us-east-1", "b1", at).unwrap()
 }
 
 #[tokio::test]
@@ -113,60 +118,48 @@ async fn assume_role_then_prove_identity_with_a_presign() {
         assumed.get_caller_identity().send().await.unwrap().arn(),
         Some("arn:aws:sts::222222222222:assumed-role/broker-caller/tokentrail-interceptor")
     );
-    // A presign, executed as the broker does.
-    let url =
-        iam::presign_get_caller_identity(&creds, &endpoint, "us-east-1", "b1", SystemTime::now())
-            .unwrap();
-    let (status, body) = execute(&url, "b1").await;
+    // A caller proof, sent as the broker does.
+    let proof = sign(&creds, &endpoint, SystemTime::now());
+    let (status, body) = execute(&proof, "b1").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("assumed-role/broker-caller/tokentrail-interceptor"));
-    // Executed with another broker id: the signature breaks.
-    let (status, body) = execute(&url, "b2").await;
+    // Sent with another broker id: the signature breaks.
+    let (status, body) = execute(&proof, "b2").await;
     assert_eq!(status, 403);
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
-    // A signed parameter changed after signing.
-    let tampered = SecretString::from(
-        url.expose_secret()
-            .replace("X-Amz-Expires=60", "X-Amz-Expires=600"),
-    );
+    // A signed header changed after signing.
+    let mut tampered = sign(&creds, &endpoint, SystemTime::now());
+    let later = iam::epoch_to_amz_date(iam::now_epoch() + 1);
+    for (k, v) in tampered.headers.iter_mut() {
+        if k == "x-amz-date" {
+            *v = SecretString::from(later.clone());
+        }
+    }
     let (status, body) = execute(&tampered, "b1").await;
     assert_eq!(status, 403);
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
-    // A presign past its X-Amz-Expires.
-    let old = iam::presign_get_caller_identity(
+    // Signed more than 15 minutes ago.
+    let old = sign(
         &creds,
         &endpoint,
-        "us-east-1",
-        "b1",
-        SystemTime::now() - Duration::from_secs(120),
-    )
-    .unwrap();
+        SystemTime::now() - Duration::from_secs(1200),
+    );
     let (status, body) = execute(&old, "b1").await;
     assert_eq!(status, 403);
-    assert!(body.contains("Request has expired"), "{body}");
+    assert!(body.contains("Signature expired"), "{body}");
     // Signed with a wrong secret.
     let forged = AwsCredentials {
         secret_access_key: SecretString::from("not-the-secret".to_owned()),
         ..creds.clone()
     };
-    let url =
-        iam::presign_get_caller_identity(&forged, &endpoint, "us-east-1", "b1", SystemTime::now())
-            .unwrap();
-    assert_eq!(execute(&url, "b1").await.0, 403);
+    let (status, _) = execute(&sign(&forged, &endpoint, SystemTime::now()), "b1").await;
+    assert_eq!(status, 403);
     // Without the session token.
     let no_token = AwsCredentials {
         session_token: None,
         ..creds
     };
-    let url = iam::presign_get_caller_identity(
-        &no_token,
-        &endpoint,
-        "us-east-1",
-        "b1",
-        SystemTime::now(),
-    )
-    .unwrap();
-    let (status, body) = execute(&url, "b1").await;
+    let (status, body) = execute(&sign(&no_token, &endpoint, SystemTime::now()), "b1").await;
     assert_eq!(status, 403);
     assert!(body.contains("InvalidClientTokenId"), "{body}");
 }

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth::iam::PresignPolicy;
+use auth::iam::ProofPolicy;
 
 use crate::core::BrokerSettings;
 use crate::policy::Policy;
@@ -51,7 +51,7 @@ pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), Config
     let sts = sts_endpoint();
     url_check("TOKENTRAIL_STS_ENDPOINT", &sts)?;
     let settings = BrokerSettings {
-        presign: PresignPolicy {
+        proof: ProofPolicy {
             sts_endpoint: sts,
             broker_id: opt("TOKENTRAIL_BROKER_ID").unwrap_or_else(|| "tokentrail-broker".into()),
             max_age: Duration::from_secs(number("TOKENTRAIL_BROKER_PROOF_MAX_AGE_S", 60)?),

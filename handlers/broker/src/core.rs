@@ -1,6 +1,8 @@
 //! `POST /token`: caller proof in, service token out. Fail closed at every step.
 //!
-//! Request: `{"caller_proof": "<presigned sts:GetCallerIdentity URL>", "credential": "orders-api"}`
+//! Request: `{"caller_proof": {"url": "https://sts…/?Action=GetCallerIdentity&Version=2011-06-15",
+//! "headers": {"authorization": "AWS4-HMAC-SHA256 …", "x-amz-date": …, "x-amz-security-token": …}},
+//! "credential": "orders-api"}` (a signed, unsent request: see [`auth::iam`])
 //! (`credential` optional when the caller may receive exactly one).
 //! Response: `{"access_token", "expires_in", "token_type": "Bearer", "credential"}`, or the
 //! rejection body every hop uses (`{"error": {"hop": "broker.token", "reason", "message"}}`).
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use auth::Rejection;
-use auth::iam::{self, PresignPolicy};
+use auth::iam::{self, CallerProof, ProofPolicy};
 use auth::oauth::{CacheUse, ClientCredentials, IssuedToken, TokenCache, TokenError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -33,7 +35,7 @@ use crate::secrets::{SecretError, SecretStore};
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// What a caller proof must look like.
-    pub presign: PresignPolicy,
+    pub proof: ProofPolicy,
     /// Who may receive what.
     pub policy: Policy,
     /// The IdP's token endpoint.
@@ -80,7 +82,7 @@ pub struct Reply {
 
 #[derive(Deserialize)]
 struct TokenRequest {
-    caller_proof: SecretString,
+    caller_proof: Value,
     #[serde(default)]
     credential: Option<String>,
 }
@@ -166,7 +168,7 @@ impl Broker {
                     &mut span,
                     FailureReason::InvalidRequest,
                     &format!(
-                        "body must be {{\"caller_proof\": \"<presigned GetCallerIdentity URL>\"}} (line {}, column {})",
+                        "body must be {{\"caller_proof\": {{\"url\", \"headers\"}}}} (line {}, column {})",
                         e.line(),
                         e.column()
                     ),
@@ -177,25 +179,19 @@ impl Broker {
             attrs::CREDENTIAL_KIND,
             telemetry::CredentialKind::IamSession.as_str(),
         );
-        let checked = match iam::check_presign(
-            &request.caller_proof,
-            &self.settings.presign,
-            iam::now_epoch(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = match e {
-                    iam::IamError::Stale { .. } => FailureReason::Expired,
-                    iam::IamError::FutureDated { .. } => FailureReason::NotYetValid,
-                    _ => FailureReason::InvalidRequest,
-                };
-                return reject(&mut span, reason, &e.to_string());
-            }
+        let proof = match CallerProof::from_json(&request.caller_proof) {
+            Ok(p) => p,
+            Err(e) => return reject(&mut span, FailureReason::InvalidRequest, &e.to_string()),
         };
-        let caller_arn = match self
-            .get_caller_identity(&checked.url, &span.context())
-            .await
-        {
+        if let Err(e) = iam::check_proof(&proof, &self.settings.proof, iam::now_epoch()) {
+            let reason = match e {
+                iam::IamError::Stale { .. } => FailureReason::Expired,
+                iam::IamError::FutureDated { .. } => FailureReason::NotYetValid,
+                _ => FailureReason::InvalidRequest,
+            };
+            return reject(&mut span, reason, &e.to_string());
+        }
+        let caller_arn = match self.get_caller_identity(&proof, &span.context()).await {
             Ok(StsAnswer::Caller(arn)) => arn,
             Ok(StsAnswer::Refused(code)) => {
                 return reject(
@@ -277,11 +273,11 @@ impl Broker {
         }
     }
 
-    /// `broker→sts`: execute the checked presigned request.
+    /// `broker→sts`: send the checked, signed request.
     #[instrument(skip_all, level = "debug", name = "broker.sts")]
     async fn get_caller_identity(
         &self,
-        url: &SecretString,
+        proof: &CallerProof,
         parent: &TraceContext,
     ) -> Result<StsAnswer, (FailureReason, String)> {
         self.stats.sts_calls.fetch_add(1, Ordering::Relaxed);
@@ -291,23 +287,24 @@ impl Broker {
         span.attr(semconv::RPC_METHOD, "GetCallerIdentity");
         span.attr(
             semconv::SERVER_ADDRESS,
-            self.settings.presign.sts_endpoint.clone(),
+            self.settings.proof.sts_endpoint.clone(),
         );
-        let resp = self
+        let mut req = self
             .http
-            .get(url.expose_secret())
-            .header(iam::BROKER_ID_HEADER, &self.settings.presign.broker_id)
-            .headers(span.context().http_headers())
-            .send()
-            .await
-            .map_err(|e| {
-                let reason = auth::wire::transport_failure(&e);
-                span.fail(reason.as_str());
-                (
-                    reason,
-                    format!("STS could not be reached: {}", e.without_url()),
-                )
-            })?;
+            .get(&proof.url)
+            .header(iam::BROKER_ID_HEADER, &self.settings.proof.broker_id)
+            .headers(span.context().http_headers());
+        for (name, value) in &proof.headers {
+            req = req.header(name.as_str(), value.expose_secret());
+        }
+        let resp = req.send().await.map_err(|e| {
+            let reason = auth::wire::transport_failure(&e);
+            span.fail(reason.as_str());
+            (
+                reason,
+                format!("STS could not be reached: {}", e.without_url()),
+            )
+        })?;
         let status = resp.status().as_u16();
         span.attr(semconv::HTTP_RESPONSE_STATUS_CODE, status);
         if let Some(id) = resp

@@ -3,7 +3,8 @@
 //! 1. `sts:AssumeRole` of the central-account role with the `ExternalId` (real `aws-sdk-sts`),
 //!    credentials cached until 5 minutes before they expire; the session is at most 1 hour
 //!    because a Lambda assuming a role with its execution-role session is role chaining.
-//! 2. Presign `sts:GetCallerIdentity` with those credentials, bound to the broker's id.
+//! 2. Sign (without sending) `sts:GetCallerIdentity` with those credentials, bound to the
+//!    broker's id: the caller proof.
 //! 3. `POST {broker}/token` with the proof, within a bounded timeout.
 //!
 //! Every failure carries the reason the interceptor denies with (fail closed).
@@ -12,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use auth::Rejection;
 use auth::iam::{self, AwsCredentials};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use telemetry::attrs::semconv;
 use telemetry::{FailureReason, Hop, Role, Span, TraceContext};
@@ -41,7 +42,7 @@ pub struct BrokerSettings {
     pub session_name: String,
     /// `DurationSeconds` (900–3600: role chaining).
     pub session_duration: Duration,
-    /// STS endpoint (for the SDK and the presign).
+    /// STS endpoint (for the SDK and the caller proof).
     pub sts_endpoint: String,
     /// Region.
     pub region: String,
@@ -215,7 +216,7 @@ impl BrokerClient {
     ) -> Result<ServiceToken, BrokerFailure> {
         // Boxed: the SDK's futures are deep, and the Lambda runtime nests this one further.
         let creds = Box::pin(self.credentials(parent)).await?;
-        let proof = iam::presign_get_caller_identity(
+        let proof = iam::sign_get_caller_identity(
             &creds,
             &self.settings.sts_endpoint,
             &self.settings.region,
@@ -227,7 +228,7 @@ impl BrokerClient {
         let span = Span::child("broker.request", Role::Client, parent);
         span.attr(semconv::URL_FULL, url.clone());
         span.attr(semconv::HTTP_REQUEST_METHOD, "POST");
-        let mut body = serde_json::json!({ "caller_proof": proof.expose_secret() });
+        let mut body = serde_json::json!({ "caller_proof": proof.to_json() });
         if let Some(c) = &self.settings.credential {
             body["credential"] = serde_json::Value::String(c.clone());
         }
