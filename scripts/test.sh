@@ -4,8 +4,10 @@
 #
 #   Jaeger v2      built from its Go module (tools/jaeger), cached in tools/bin/jaeger
 #   cargo-lambda   from PyPI into .venv-tools (the Lambda runtime emulator)
+#   moto           from PyPI into .venv-aws (the AWS emulator: STS, Secrets Manager), started
+#                  here on a free loopback port for the whole run and stopped at exit
 #
-# Tests start what they need themselves, on free loopback ports, and stop it.
+# Other tests start what they need themselves, on free loopback ports, and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,6 +26,28 @@ if [ ! -x .venv-tools/bin/cargo-lambda ]; then
   python3 -m venv .venv-tools
   .venv-tools/bin/pip install --quiet --disable-pip-version-check cargo-lambda
 fi
+
+if [ ! -x .venv-aws/bin/moto_server ]; then
+  step "installing moto[server] from PyPI into .venv-aws"
+  python3 -m venv .venv-aws
+  .venv-aws/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+
+step "starting moto on a free loopback port"
+MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+MOTO_LOG="$ROOT/target/moto.log"
+mkdir -p "$ROOT/target"
+.venv-aws/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+moto_up() { python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; }
+for _ in $(seq 1 100); do
+  if moto_up; then break; fi
+  if ! kill -0 "$MOTO_PID" 2>/dev/null; then echo "moto exited; its log:"; cat "$MOTO_LOG"; exit 1; fi
+  sleep 0.2
+done
+moto_up || { echo "moto did not start; its log:"; cat "$MOTO_LOG"; exit 1; }
+export TOKENTRAIL_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
 export TOKENTRAIL_JAEGER_BIN="$TOOLS/jaeger"
 export TOKENTRAIL_CARGO_LAMBDA="$ROOT/.venv-tools/bin/cargo-lambda"

@@ -31,6 +31,14 @@ fn assert_clean(what: &str, text: &str, tokens: &[String]) {
         "{what} contains the agent's client secret"
     );
     assert!(
+        !text.contains(tokentrail::stack::aws_names::SERVICE_CLIENT_SECRET),
+        "{what} contains the broker's service client secret"
+    );
+    assert!(
+        !text.contains("X-Amz-Signature") && !text.contains("AWS4-HMAC-SHA256 Credential"),
+        "{what} contains a SigV4 signature"
+    );
+    assert!(
         !text.to_ascii_lowercase().contains("bearer ey"),
         "{what} contains a bearer credential"
     );
@@ -106,6 +114,10 @@ async fn demo_output_and_files_hold_no_token() {
     assert!(
         stdout.contains("every request ended where it should"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("== passthrough ==") && stdout.contains("== broker =="),
+        "the demo runs both patterns by default:\n{stdout}"
     );
     assert_clean("demo stdout", &stdout, &[]);
     assert_clean("demo stderr", &stderr, &[]);

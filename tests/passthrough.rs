@@ -108,24 +108,13 @@ async fn passthrough_chain_end_to_end() {
                     );
                 }
                 // Cross-process parentage: each hop span's parent belongs to the previous hop's process.
-                let parent_service = |hop: &str| {
-                    let s = support::hop_span(trace, hop).unwrap_or_else(|| panic!("{hop} span"));
-                    trace
-                        .iter()
-                        .find(|p| p.span_id == s.parent_span_id)
-                        .map(|p| p.service.clone())
-                        .unwrap_or_default()
-                };
+                let parent_service = |hop: &str| support::parent_service(trace, hop);
                 assert_eq!(parent_service("runtime.inbound"), "app");
                 assert_eq!(parent_service("agent.invocation"), "runtime");
                 assert_eq!(parent_service("gateway.inbound"), "agent");
                 assert_eq!(parent_service("gateway.interceptor"), "gateway");
                 assert_eq!(parent_service("target.api"), "gateway");
-                let fp = |hop: &str| {
-                    support::hop_span(trace, hop)
-                        .and_then(|s| s.attr_str(attrs::CREDENTIAL_FINGERPRINT))
-                        .map(str::to_owned)
-                };
+                let fp = |hop: &str| support::hop_fingerprint(trace, hop);
                 let user_fp = fp("runtime.inbound").expect("runtime fingerprint");
                 assert_eq!(
                     fp("gateway.interceptor").as_ref(),

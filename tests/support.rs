@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the CLI binary, a stack on free ports, the span store.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod broker_env;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,104 @@ pub fn stack_options(out: &Path, forward_to: Option<String>) -> StackOptions {
     }
 }
 
+/// A recording reverse proxy: every request it forwards (method, path, headers, body) is kept, so
+/// a test can assert on exactly what a hop received. Forwards to the URL set with
+/// [`Recorder::forward_to`].
+#[derive(Clone, Default)]
+pub struct Recorder {
+    target: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Requests seen.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+/// One request a [`Recorder`] forwarded.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query.
+    pub path: String,
+    /// Headers, values as text.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Recorder {
+    /// Start on a free port; its base URL.
+    pub async fn start(&self) -> String {
+        use axum::extract::State;
+        async fn forward(
+            State(rec): State<Recorder>,
+            req: axum::extract::Request,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            rec.seen.lock().unwrap().push(Seen {
+                path: path.clone(),
+                headers,
+                body: bytes.to_vec(),
+            });
+            let Some(target) = rec.target.lock().unwrap().clone() else {
+                return (axum::http::StatusCode::BAD_GATEWAY, "no target yet").into_response();
+            };
+            let mut out =
+                reqwest::Client::new().request(parts.method.clone(), format!("{target}{path}"));
+            for (k, v) in parts.headers.iter() {
+                if k != axum::http::header::HOST {
+                    out = out.header(k, v);
+                }
+            }
+            match out.body(bytes).send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    let ct = r.headers().get("content-type").cloned();
+                    let body = r.bytes().await.unwrap_or_default();
+                    let mut resp = (status, body).into_response();
+                    if let Some(ct) = ct {
+                        resp.headers_mut().insert("content-type", ct);
+                    }
+                    resp
+                }
+                Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(self.clone());
+        let (addr, _task) = local::serve(app, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("recorder serves");
+        format!("http://{addr}")
+    }
+
+    /// Where to forward.
+    pub fn forward_to(&self, url: &str) {
+        *self.target.lock().unwrap() = Some(url.to_owned());
+    }
+
+    /// How many requests were seen.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
 /// Start a passthrough stack writing to `out`, optionally forwarding to an OTLP/HTTP traces URL.
 pub async fn start_stack(out: &Path, forward_to: Option<String>) -> Stack {
     Stack::start(&stack_options(out, forward_to))
@@ -68,6 +168,23 @@ pub fn hop_span<'a>(trace: &'a [StoredSpan], hop: &str) -> Option<&'a StoredSpan
     trace
         .iter()
         .find(|s| s.attr_str(telemetry::attrs::HOP_NAME) == Some(hop))
+}
+
+/// The `service.name` of the process whose span is the parent of `hop`'s span.
+pub fn parent_service(trace: &[StoredSpan], hop: &str) -> String {
+    let s = hop_span(trace, hop).unwrap_or_else(|| panic!("{hop} span"));
+    trace
+        .iter()
+        .find(|p| p.span_id == s.parent_span_id)
+        .map(|p| p.service.clone())
+        .unwrap_or_default()
+}
+
+/// The credential fingerprint `hop` recorded.
+pub fn hop_fingerprint(trace: &[StoredSpan], hop: &str) -> Option<String> {
+    hop_span(trace, hop)
+        .and_then(|s| s.attr_str(telemetry::attrs::CREDENTIAL_FINGERPRINT))
+        .map(str::to_owned)
 }
 
 /// Every file under `dir`, as (path, bytes).

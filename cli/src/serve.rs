@@ -218,8 +218,16 @@ async fn stop_signal() {
     }
 }
 
+/// Refuse to start with an invalid `TOKENTRAIL_PATTERN`.
+fn check_pattern() -> Result<()> {
+    telemetry::Pattern::from_env()
+        .map(|_| ())
+        .with_context(|| format!("invalid {}", telemetry::attrs::PATTERN_ENV))
+}
+
 /// Run `hop` until stopped.
 pub async fn run(hop: HopName, port: u16) -> Result<()> {
+    check_pattern()?;
     let telemetry = telemetry::init(TelemetryConfig::from_env(hop.service()))?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -245,6 +253,7 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
 
 /// Run `hop` as a Lambda function.
 pub async fn run_lambda(hop: HopName) -> Result<()> {
+    check_pattern()?;
     let telemetry = telemetry::init(TelemetryConfig::from_env(hop.service()))?;
     let result = match hop {
         HopName::Interceptor => {

@@ -282,7 +282,7 @@ async fn mcp(
     {
         parent = propagation::extract_mcp_meta(&body);
     }
-    let mut span = HopSpan::hop(Hop::Gateway, Pattern::Passthrough, &parent);
+    let mut span = HopSpan::hop(Hop::Gateway, Pattern::of_process(), &parent);
     let resp = parent
         .scope(mcp_inner(&st, &headers, &raw, &mut span))
         .await;

@@ -364,7 +364,7 @@ async fn token(
     body: axum::body::Bytes,
 ) -> Response {
     let parent = propagation::extract_headers(&headers);
-    let mut span = HopSpan::hop(Hop::Idp, Pattern::Passthrough, &parent);
+    let mut span = HopSpan::hop(Hop::Idp, Pattern::of_process(), &parent);
     let form: std::collections::HashMap<String, String> = match serde_urlencoded_parse(&body) {
         Some(f) => f,
         None => {

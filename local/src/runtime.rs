@@ -220,7 +220,7 @@ async fn invoke(
     body: axum::body::Bytes,
 ) -> Response {
     let parent = propagation::extract_headers(&headers);
-    let mut span = HopSpan::hop(Hop::Runtime, Pattern::Passthrough, &parent);
+    let mut span = HopSpan::hop(Hop::Runtime, Pattern::of_process(), &parent);
     span.attr(semconv::URL_PATH, format!("/runtimes/{name}/invocations"));
     if name != st.cfg.name {
         span.reject(FailureReason::NotFound);

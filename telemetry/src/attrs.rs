@@ -166,6 +166,13 @@ impl Pattern {
             _ => Ok(Pattern::Passthrough),
         }
     }
+
+    /// The pattern this process serves: [`Pattern::from_env`] read once (passthrough when the
+    /// variable is invalid; front doors refuse to start with an invalid value).
+    pub fn of_process() -> Self {
+        static PATTERN: std::sync::OnceLock<Pattern> = std::sync::OnceLock::new();
+        *PATTERN.get_or_init(|| Pattern::from_env().unwrap_or(Pattern::Passthrough))
+    }
 }
 
 closed_set!(

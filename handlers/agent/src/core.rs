@@ -85,7 +85,7 @@ pub async fn handle(
     parent: &TraceContext,
     deps: &Deps,
 ) -> Reply {
-    let mut span = HopSpan::hop(Hop::Agent, Pattern::Passthrough, parent);
+    let mut span = HopSpan::hop(Hop::Agent, Pattern::of_process(), parent);
     span.carrier(&format!("header:{}", deps.config.inbound_user_header));
     match &user_token {
         Some(t) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use auth::Rejection;
 use auth::iam::{self, AwsCredentials};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use telemetry::attrs::semconv;
 use telemetry::{FailureReason, Hop, Role, Span, TraceContext};
@@ -99,6 +99,14 @@ impl std::fmt::Debug for BrokerClient {
 impl BrokerClient {
     /// A client using the standard AWS configuration for its own (base) credentials.
     pub async fn new(settings: BrokerSettings) -> Result<Self, String> {
+        Self::with_base_credentials(settings, None).await
+    }
+
+    /// A client whose base credentials are `base` (the standard AWS configuration when `None`).
+    pub async fn with_base_credentials(
+        settings: BrokerSettings,
+        base: Option<AwsCredentials>,
+    ) -> Result<Self, String> {
         if settings.session_duration > ROLE_CHAINING_MAX
             || settings.session_duration < Duration::from_secs(900)
         {
@@ -110,12 +118,20 @@ impl BrokerClient {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .operation_timeout(settings.timeout)
             .build();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
             .endpoint_url(settings.sts_endpoint.clone())
-            .timeout_config(timeouts)
-            .load()
-            .await;
+            .timeout_config(timeouts);
+        if let Some(b) = base {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                b.access_key_id,
+                b.secret_access_key.expose_secret().to_owned(),
+                b.session_token.map(|t| t.expose_secret().to_owned()),
+                b.expires_at,
+                "tokentrail",
+            ));
+        }
+        let config = loader.load().await;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .build()
