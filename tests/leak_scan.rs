@@ -128,5 +128,59 @@ async fn demo_output_and_files_hold_no_token() {
             &[],
         );
     }
+
+    // The audit over the same store: who reached the target for every request, no violation.
+    let audit = |format: &str| {
+        std::process::Command::new(support::bin())
+            .args(["audit", "--format", format, "--store"])
+            .arg(&out)
+            .output()
+            .expect("audit runs")
+    };
+    let report = audit("json");
+    assert!(
+        report.status.success(),
+        "audit found a violation:\n{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&report.stdout).expect("json");
+    assert_eq!(records.len(), 20, "10 requests per pattern");
+    for r in &records {
+        let pattern = r["pattern"].as_str().unwrap();
+        match r["verdict"].as_str().unwrap() {
+            "ok" => {
+                let reached = &r["reached"];
+                if pattern == "broker" {
+                    assert_eq!(reached["kind"], "service_token");
+                    assert_eq!(reached["subject"], "orders-service");
+                } else {
+                    assert_eq!(reached["kind"], "user_jwt");
+                    assert_eq!(reached["fingerprint"], r["entered"]["fingerprint"]);
+                }
+            }
+            "rejected" => assert!(r["hop"].is_string() && r["reason"].is_string()),
+            other => panic!("unexpected verdict {other}: {r}"),
+        }
+    }
+    // A JWT-shaped value planted in the store is a violation, and the audit exits 1.
+    let store = out.join("traces.jsonl");
+    let text = std::fs::read_to_string(&store).unwrap();
+    let planted = format!(
+        "{}.{}.{}",
+        "eyJhbGciOiJSUzI1NiJ9", "eyJzdWIiOiJhbGljZSJ9", "cGxhbnRlZHNpZ25hdHVyZQ"
+    );
+    let text = text.replacen("\"orders-service\"", &format!("\"{planted}\""), 1);
+    std::fs::write(&store, text).unwrap();
+    let report = audit("table");
+    assert_eq!(report.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        table.contains("VIOLATION") && table.contains("JWT-shaped value"),
+        "{table}"
+    );
+    assert!(
+        !table.contains(&planted),
+        "the report does not repeat the value"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -6,8 +6,10 @@
 //! | `up` | [`stack`]: the whole local stack as child processes |
 //! | `call` | [`app`]: one request as the app |
 //! | `demo` | [`demo`]: stack + scripted requests + summary |
+//! | `audit` | [`audit`]: which identity reached the target, per request, with a verdict |
 
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod serve;
@@ -105,6 +107,33 @@ pub enum Command {
         #[arg(long, value_enum)]
         broker_fault: Option<stack::BrokerFault>,
     },
+    /// Which identity reached the target, per request, with a verdict (exit 1 on a violation).
+    Audit {
+        /// The span store: a directory holding traces.jsonl (as the demo writes it) or the file.
+        #[arg(long, default_value = "tokentrail-out")]
+        store: PathBuf,
+        /// Only requests started at or after: RFC 3339, Unix seconds, or an age (15m, 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only requests started before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this trace id.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only requests whose entering or reaching subject is this.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this pattern.
+        #[arg(long, value_enum)]
+        pattern: Option<PatternArg>,
+        /// Only violations.
+        #[arg(long)]
+        violations_only: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: audit::Format,
+    },
 }
 
 /// A pattern on the command line.
@@ -158,6 +187,27 @@ pub fn main() -> ExitCode {
                 pattern,
                 broker_fault,
             } => demo::run(&out, requests, pattern, broker_fault).await,
+            Command::Audit {
+                store,
+                since,
+                until,
+                trace,
+                user,
+                pattern,
+                violations_only,
+                format,
+            } => (|| {
+                let now = auth::iam::now_epoch();
+                let filter = audit::Filter {
+                    trace: trace.map(|t| t.to_ascii_lowercase()),
+                    user,
+                    pattern: pattern.map(|p| telemetry::Pattern::from(p).as_str().to_owned()),
+                    since: since.map(|s| audit::parse_time(&s, now)).transpose()?,
+                    until: until.map(|s| audit::parse_time(&s, now)).transpose()?,
+                    violations_only,
+                };
+                audit::run(&store, &filter, format)
+            })(),
             Command::Bench {
                 out,
                 requests,

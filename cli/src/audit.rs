@@ -1,0 +1,698 @@
+//! `tokentrail audit`: for every request, which identity entered, which reached the target (or
+//! which hop stopped it and why), through which hops, and whether anything broke the pattern's
+//! promise. Source here: the local span store (`--store DIR`, OTLP JSON lines).
+//!
+//! Verdicts: `ok`, `rejected` (hop and reason), or `violation` with what broke:
+//! - passthrough: the identity at the target differs from the one that entered;
+//! - broker: a user JWT (kind or fingerprint) reached the target;
+//! - any pattern: the target answered after a hop rejected; a hop of the pattern's chain is
+//!   missing; a span carries a JWT-shaped value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use telemetry::attrs;
+use telemetry::otlp::StoredSpan;
+
+/// An identity as a hop recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// `tokentrail.credential.kind`.
+    pub kind: Option<String>,
+    /// Issuer.
+    pub issuer: Option<String>,
+    /// Subject (or `enduser.id` at the target).
+    pub subject: Option<String>,
+    /// Keyed fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// One hop of a request's chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct HopRecord {
+    /// `tokentrail.hop.name`.
+    pub hop: String,
+    /// `service.name`.
+    pub service: String,
+    /// Credential kind it saw.
+    pub credential_kind: Option<String>,
+    /// Fingerprint of that credential.
+    pub fingerprint: Option<String>,
+    /// `ok`, `rejected`, `error`.
+    pub outcome: Option<String>,
+    /// Failure reason.
+    pub reason: Option<String>,
+    /// Span duration in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Reached the target as the pattern promises.
+    Ok,
+    /// Stopped on purpose (or by a failure) at a hop.
+    Rejected {
+        /// Hop.
+        hop: String,
+        /// Reason.
+        reason: String,
+    },
+    /// The pattern's promise was broken.
+    Violation {
+        /// What broke, one line each.
+        violations: Vec<String>,
+    },
+}
+
+/// One audited request (the `--format json` schema, one object per request).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// W3C trace id (32 hex).
+    pub trace_id: String,
+    /// Start of the request (the earliest span), Unix nanoseconds.
+    pub start_unix_nano: u64,
+    /// `passthrough` or `broker`.
+    pub pattern: Option<String>,
+    /// The identity that entered (the first hop that recorded a credential).
+    pub entered: Identity,
+    /// The identity that reached the target, if it answered.
+    pub reached: Option<Identity>,
+    /// Every hop span in chain order.
+    pub chain: Vec<HopRecord>,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Which requests to report.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this trace.
+    pub trace: Option<String>,
+    /// Only requests whose entering or reaching subject is this.
+    pub user: Option<String>,
+    /// Only this pattern.
+    pub pattern: Option<String>,
+    /// Only requests started at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Only requests started before (Unix seconds).
+    pub until: Option<i64>,
+    /// Only violations.
+    pub violations_only: bool,
+}
+
+fn identity(s: &StoredSpan) -> Identity {
+    Identity {
+        kind: s.attr_str(attrs::CREDENTIAL_KIND).map(str::to_owned),
+        issuer: s.attr_str(attrs::CREDENTIAL_ISSUER).map(str::to_owned),
+        subject: s
+            .attr_str(attrs::CREDENTIAL_SUBJECT)
+            .or_else(|| s.attr_str(attrs::ENDUSER_ID))
+            .map(str::to_owned),
+        fingerprint: s.attr_str(attrs::CREDENTIAL_FINGERPRINT).map(str::to_owned),
+    }
+}
+
+fn hop_index(s: &StoredSpan) -> i64 {
+    s.attributes
+        .get(attrs::HOP_INDEX)
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|t| t.parse().ok()))
+        })
+        .unwrap_or(i64::MAX)
+}
+
+/// The hops a request of `pattern` passes through, in order (the app's span is optional: a
+/// caller need not be instrumented).
+pub fn expected_chain(pattern: &str) -> &'static [&'static str] {
+    match pattern {
+        "broker" => &[
+            "runtime.inbound",
+            "agent.invocation",
+            "gateway.inbound",
+            "gateway.interceptor",
+            "broker.token",
+            "target.api",
+        ],
+        _ => &[
+            "runtime.inbound",
+            "agent.invocation",
+            "gateway.inbound",
+            "gateway.interceptor",
+            "target.api",
+        ],
+    }
+}
+
+fn jwt_shaped(s: &StoredSpan) -> Option<String> {
+    for (k, v) in &s.attributes {
+        if telemetry::redact::contains_jwt(&v.to_string()) || telemetry::redact::contains_jwt(k) {
+            return Some(format!("span `{}` ({}) attribute `{k}`", s.name, s.service));
+        }
+    }
+    for e in &s.events {
+        if telemetry::redact::contains_jwt(e) {
+            return Some(format!("span `{}` ({}) event", s.name, s.service));
+        }
+    }
+    telemetry::redact::contains_jwt(&s.name)
+        .then(|| format!("span `{}` ({}) name", s.name, s.service))
+}
+
+/// Audit one trace's spans.
+pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
+    let mut hops: Vec<&StoredSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.attr_str(attrs::HOP_NAME)
+                .is_some_and(|h| h != "idp.token")
+        })
+        .collect();
+    hops.sort_by_key(|s| (hop_index(s), s.start_unix_nano));
+    let pattern = hops
+        .iter()
+        .find_map(|s| s.attr_str(attrs::PATTERN))
+        .map(str::to_owned);
+    let entered = hops
+        .iter()
+        .find(|s| {
+            s.attr_str(attrs::CREDENTIAL_KIND)
+                .is_some_and(|k| k == "user_jwt")
+        })
+        .map(|s| identity(s))
+        .unwrap_or_default();
+    let target = hops
+        .iter()
+        .find(|s| s.attr_str(attrs::HOP_NAME) == Some("target.api"));
+    let reached = target
+        .filter(|s| s.attr_str(attrs::HOP_OUTCOME) == Some("ok"))
+        .map(|s| identity(s));
+    let rejection = hops.iter().find(|s| {
+        matches!(
+            s.attr_str(attrs::HOP_OUTCOME),
+            Some("rejected") | Some("error")
+        )
+    });
+    let mut violations = Vec::new();
+    let pattern_name = pattern.as_deref().unwrap_or("passthrough");
+    if let Some(r) = &reached {
+        if let Some(stop) = rejection {
+            violations.push(format!(
+                "the target answered although {} rejected the request ({})",
+                stop.attr_str(attrs::HOP_NAME).unwrap_or("?"),
+                stop.attr_str(attrs::FAILURE_REASON).unwrap_or("?")
+            ));
+        }
+        match pattern_name {
+            "broker" => {
+                let user_fps: Vec<&str> = hops
+                    .iter()
+                    .filter(|s| s.attr_str(attrs::CREDENTIAL_KIND) == Some("user_jwt"))
+                    .filter_map(|s| s.attr_str(attrs::CREDENTIAL_FINGERPRINT))
+                    .collect();
+                if r.kind.as_deref() == Some("user_jwt")
+                    || r.fingerprint
+                        .as_deref()
+                        .is_some_and(|fp| user_fps.contains(&fp))
+                {
+                    violations.push(
+                        "broker pattern: a user JWT reached the target (it must only see a service token)"
+                            .into(),
+                    );
+                }
+            }
+            _ => {
+                if r.fingerprint != entered.fingerprint || r.subject != entered.subject {
+                    violations.push(format!(
+                        "passthrough pattern: the target saw {} ({}), not the identity that entered, {} ({})",
+                        r.subject.as_deref().unwrap_or("?"),
+                        r.fingerprint.as_deref().unwrap_or("?"),
+                        entered.subject.as_deref().unwrap_or("?"),
+                        entered.fingerprint.as_deref().unwrap_or("?"),
+                    ));
+                }
+            }
+        }
+    }
+    // Every hop up to where the request ended must be present.
+    let chain = expected_chain(pattern_name);
+    let last = match (&reached, rejection) {
+        (Some(_), _) => Some(chain.len() - 1),
+        (None, Some(stop)) => {
+            let name = stop.attr_str(attrs::HOP_NAME).unwrap_or("");
+            chain.iter().position(|h| *h == name)
+        }
+        (None, None) => None,
+    };
+    match last {
+        Some(last) => {
+            for h in &chain[..=last] {
+                if !hops.iter().any(|s| s.attr_str(attrs::HOP_NAME) == Some(h)) {
+                    violations.push(format!("hop {h} is missing from the chain"));
+                }
+            }
+        }
+        None if !hops.is_empty() => violations.push(
+            "the request neither reached the target nor was rejected by a hop (spans missing)"
+                .into(),
+        ),
+        None => {}
+    }
+    for s in spans {
+        if let Some(where_) = jwt_shaped(s) {
+            violations.push(format!("a JWT-shaped value is stored in {where_}"));
+        }
+    }
+    let verdict = if !violations.is_empty() {
+        Verdict::Violation { violations }
+    } else if reached.is_some() {
+        Verdict::Ok
+    } else if let Some(stop) = rejection {
+        Verdict::Rejected {
+            hop: stop.attr_str(attrs::HOP_NAME).unwrap_or("?").to_owned(),
+            reason: stop
+                .attr_str(attrs::FAILURE_REASON)
+                .unwrap_or("?")
+                .to_owned(),
+        }
+    } else {
+        Verdict::Ok
+    };
+    Record {
+        trace_id: trace_id.to_owned(),
+        start_unix_nano: spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
+        pattern,
+        entered,
+        reached,
+        chain: hops
+            .iter()
+            .map(|s| HopRecord {
+                hop: s.attr_str(attrs::HOP_NAME).unwrap_or("?").to_owned(),
+                service: s.service.clone(),
+                credential_kind: s.attr_str(attrs::CREDENTIAL_KIND).map(str::to_owned),
+                fingerprint: s.attr_str(attrs::CREDENTIAL_FINGERPRINT).map(str::to_owned),
+                outcome: s.attr_str(attrs::HOP_OUTCOME).map(str::to_owned),
+                reason: s.attr_str(attrs::FAILURE_REASON).map(str::to_owned),
+                duration_ms: s.duration_us() as f64 / 1000.0,
+            })
+            .collect(),
+        verdict,
+    }
+}
+
+/// Audit every request among `spans` that `filter` selects, oldest first. Traces without any
+/// hop span (e.g. a bare IdP call) are not requests and are skipped.
+pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
+    let mut by_trace: BTreeMap<String, Vec<StoredSpan>> = BTreeMap::new();
+    for s in spans {
+        if filter.trace.as_ref().is_some_and(|t| *t != s.trace_id) {
+            continue;
+        }
+        by_trace.entry(s.trace_id.clone()).or_default().push(s);
+    }
+    let mut out: Vec<Record> = by_trace
+        .iter()
+        .filter(|(_, spans)| {
+            spans.iter().any(|s| {
+                s.attr_str(attrs::HOP_NAME)
+                    .is_some_and(|h| h != "idp.token")
+            })
+        })
+        .map(|(id, spans)| audit_trace(id, spans))
+        .filter(|r| {
+            let secs = (r.start_unix_nano / 1_000_000_000) as i64;
+            filter.since.is_none_or(|s| secs >= s)
+                && filter.until.is_none_or(|u| secs < u)
+                && filter
+                    .pattern
+                    .as_ref()
+                    .is_none_or(|p| r.pattern.as_deref() == Some(p.as_str()))
+                && filter.user.as_ref().is_none_or(|u| {
+                    r.entered.subject.as_deref() == Some(u.as_str())
+                        || r.reached.as_ref().and_then(|x| x.subject.as_deref()) == Some(u.as_str())
+                })
+                && (!filter.violations_only || matches!(r.verdict, Verdict::Violation { .. }))
+        })
+        .collect();
+    out.sort_by_key(|r| r.start_unix_nano);
+    out
+}
+
+/// `--since`/`--until`: RFC 3339 (`2026-11-28T20:00:00Z`), Unix seconds, or an age (`90s`,
+/// `15m`, `2h`, `1d`) counted back from now.
+pub fn parse_time(s: &str, now: i64) -> Result<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    if let Some((num, unit)) = s.split_at_checked(s.len().saturating_sub(1))
+        && let Ok(n) = num.parse::<i64>()
+    {
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => bail!("`{s}`: unknown unit (use s, m, h or d)"),
+        };
+        return Ok(now - n * mult);
+    }
+    let compact: String = s.chars().filter(|c| *c != '-' && *c != ':').collect();
+    auth::iam::amz_date_to_epoch(&compact).with_context(|| {
+        format!("`{s}` is not RFC 3339 (2026-11-28T20:00:00Z), Unix seconds or an age like 15m")
+    })
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// One JSON array of records.
+    Json,
+    /// CSV, one row per request.
+    Csv,
+}
+
+fn short(s: Option<&str>) -> String {
+    s.unwrap_or("-").to_owned()
+}
+
+fn who(i: &Identity) -> String {
+    format!(
+        "{}:{}",
+        short(i.kind.as_deref()),
+        short(i.subject.as_deref())
+    )
+}
+
+fn verdict_text(v: &Verdict) -> (String, String) {
+    match v {
+        Verdict::Ok => ("ok".into(), String::new()),
+        Verdict::Rejected { hop, reason } => ("rejected".into(), format!("{hop} {reason}")),
+        Verdict::Violation { violations } => ("VIOLATION".into(), violations.join("; ")),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Render `records`. The output is scrubbed like telemetry: a JWT-shaped value planted in a store
+/// is reported, never repeated.
+pub fn render(records: &[Record], format: Format, jaeger: Option<&str>) -> Result<String> {
+    let text = render_raw(records, format, jaeger)?;
+    Ok(telemetry::redact::scrub(&text).into_owned())
+}
+
+fn render_raw(records: &[Record], format: Format, jaeger: Option<&str>) -> Result<String> {
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(records)? + "\n",
+        Format::Csv => {
+            let mut out = String::from(
+                "trace_id,pattern,entered_kind,entered_subject,entered_fingerprint,reached_kind,reached_subject,reached_fingerprint,verdict,detail,hops\n",
+            );
+            for r in records {
+                let (v, detail) = verdict_text(&r.verdict);
+                let reached = r.reached.clone().unwrap_or_default();
+                let hops: Vec<&str> = r.chain.iter().map(|h| h.hop.as_str()).collect();
+                let fields = [
+                    r.trace_id.clone(),
+                    short(r.pattern.as_deref()),
+                    short(r.entered.kind.as_deref()),
+                    short(r.entered.subject.as_deref()),
+                    short(r.entered.fingerprint.as_deref()),
+                    short(reached.kind.as_deref()),
+                    short(reached.subject.as_deref()),
+                    short(reached.fingerprint.as_deref()),
+                    v,
+                    detail,
+                    hops.join(" > "),
+                ];
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                out.push_str(&line.join(","));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = format!(
+                "{:<32}  {:<11}  {:<22}  {:<27}  {:<9}  {}\n",
+                "trace id", "pattern", "entered", "reached the target", "verdict", "detail"
+            );
+            for r in records {
+                let (v, detail) = verdict_text(&r.verdict);
+                out.push_str(&format!(
+                    "{:<32}  {:<11}  {:<22}  {:<27}  {:<9}  {}\n",
+                    r.trace_id,
+                    short(r.pattern.as_deref()),
+                    who(&r.entered),
+                    r.reached.as_ref().map(who).unwrap_or_else(|| "-".into()),
+                    v,
+                    detail
+                ));
+                if let Some(j) = jaeger {
+                    out.push_str(&format!(
+                        "    {}/trace/{}\n",
+                        j.trim_end_matches('/'),
+                        r.trace_id
+                    ));
+                }
+            }
+            let violations = records
+                .iter()
+                .filter(|r| matches!(r.verdict, Verdict::Violation { .. }))
+                .count();
+            let reached = records.iter().filter(|r| r.reached.is_some()).count();
+            out.push_str(&format!(
+                "{} requests, {reached} reached the target, {violations} violation(s)\n",
+                records.len()
+            ));
+            out
+        }
+    })
+}
+
+/// `tokentrail audit --store DIR`.
+pub fn run(store: &Path, filter: &Filter, format: Format) -> Result<ExitCode> {
+    let path = if store.is_dir() {
+        store.join("traces.jsonl")
+    } else {
+        store.to_owned()
+    };
+    let spans = telemetry::otlp::read_store(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
+    let records = audit(spans, filter);
+    print!("{}", render(&records, format, None)?);
+    let violation = records
+        .iter()
+        .any(|r| matches!(r.verdict, Verdict::Violation { .. }));
+    Ok(if violation {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn span(hop: &str, index: i64, service: &str, kv: &[(&str, &str)]) -> StoredSpan {
+        let mut attributes = BTreeMap::new();
+        attributes.insert(attrs::HOP_NAME.to_owned(), json!(hop));
+        attributes.insert(attrs::HOP_INDEX.to_owned(), json!(index));
+        for (k, v) in kv {
+            attributes.insert((*k).to_owned(), json!(v));
+        }
+        StoredSpan {
+            trace_id: "t1".into(),
+            span_id: format!("{index:016x}"),
+            parent_span_id: String::new(),
+            name: hop.into(),
+            kind: "server".into(),
+            service: service.into(),
+            start_unix_nano: 1_000 + index as u64,
+            end_unix_nano: 2_000 + index as u64,
+            status: String::new(),
+            attributes,
+            events: Vec::new(),
+        }
+    }
+
+    fn chain(
+        pattern: &str,
+        target_kind: &str,
+        target_fp: &str,
+        target_sub: &str,
+    ) -> Vec<StoredSpan> {
+        let user = [
+            (attrs::PATTERN, pattern),
+            (attrs::CREDENTIAL_KIND, "user_jwt"),
+            (attrs::CREDENTIAL_FINGERPRINT, "sha256:user00000000"),
+            (attrs::CREDENTIAL_SUBJECT, "alice"),
+            (attrs::HOP_OUTCOME, "ok"),
+        ];
+        let plain = [(attrs::PATTERN, pattern), (attrs::HOP_OUTCOME, "ok")];
+        let mut v = vec![
+            span("runtime.inbound", 1, "runtime", &user),
+            span("agent.invocation", 2, "agent", &user),
+            span("gateway.inbound", 3, "gateway", &plain),
+            span("gateway.interceptor", 4, "interceptor", &user),
+        ];
+        if pattern == "broker" {
+            v.push(span("broker.token", 5, "broker", &plain));
+        }
+        v.push(span(
+            "target.api",
+            6,
+            "target",
+            &[
+                (attrs::PATTERN, pattern),
+                (attrs::CREDENTIAL_KIND, target_kind),
+                (attrs::CREDENTIAL_FINGERPRINT, target_fp),
+                (attrs::CREDENTIAL_SUBJECT, target_sub),
+                (attrs::HOP_OUTCOME, "ok"),
+            ],
+        ));
+        v
+    }
+
+    fn violations(spans: &[StoredSpan]) -> Vec<String> {
+        match audit_trace("t1", spans).verdict {
+            Verdict::Violation { violations } => violations,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn faithful_chains_are_ok() {
+        let pt = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        assert_eq!(audit_trace("t1", &pt).verdict, Verdict::Ok);
+        let br = chain(
+            "broker",
+            "service_token",
+            "sha256:svc000000000",
+            "orders-service",
+        );
+        let r = audit_trace("t1", &br);
+        assert_eq!(r.verdict, Verdict::Ok);
+        assert_eq!(r.entered.subject.as_deref(), Some("alice"));
+        assert_eq!(r.reached.unwrap().kind.as_deref(), Some("service_token"));
+    }
+
+    #[test]
+    fn planted_violations_are_reported_with_their_reason() {
+        // Broker: the user's JWT (its fingerprint) at the target.
+        let v = violations(&chain(
+            "broker",
+            "service_token",
+            "sha256:user00000000",
+            "orders-service",
+        ));
+        assert!(v[0].contains("a user JWT reached the target"), "{v:?}");
+        let v = violations(&chain("broker", "user_jwt", "sha256:other0000000", "alice"));
+        assert!(v[0].contains("a user JWT reached the target"), "{v:?}");
+        // Passthrough: a changed subject.
+        let v = violations(&chain(
+            "passthrough",
+            "user_jwt",
+            "sha256:user00000000",
+            "mallory",
+        ));
+        assert!(v[0].contains("not the identity that entered"), "{v:?}");
+        // A missing hop.
+        let mut missing = chain(
+            "broker",
+            "service_token",
+            "sha256:svc000000000",
+            "orders-service",
+        );
+        missing.retain(|s| s.name != "broker.token");
+        let v = violations(&missing);
+        assert!(
+            v.iter().any(|x| x.contains("hop broker.token is missing")),
+            "{v:?}"
+        );
+        // Target reached after a rejection.
+        let mut after = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        after[3]
+            .attributes
+            .insert(attrs::HOP_OUTCOME.into(), json!("rejected"));
+        after[3]
+            .attributes
+            .insert(attrs::FAILURE_REASON.into(), json!("expired"));
+        let v = violations(&after);
+        assert!(
+            v[0].contains("although gateway.interceptor rejected"),
+            "{v:?}"
+        );
+        // A JWT-shaped value in a span.
+        let mut leaky = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        let jwt = format!(
+            "{}.{}.{}",
+            "eyJhbGciOiJSUzI1NiJ9", "eyJzdWIiOiJhbGljZSJ9", "c2lnbmF0dXJlc2lnbmF0dXJl"
+        );
+        leaky[1].attributes.insert("note".into(), json!(jwt));
+        let v = violations(&leaky);
+        assert!(
+            v[0].contains("JWT-shaped value") && v[0].contains("note"),
+            "{v:?}"
+        );
+        assert!(
+            !v[0].contains("eyJ"),
+            "the report does not repeat the value"
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_hop_and_filters_select() {
+        let mut rejected = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        rejected.pop();
+        rejected[3]
+            .attributes
+            .insert(attrs::HOP_OUTCOME.into(), json!("rejected"));
+        rejected[3]
+            .attributes
+            .insert(attrs::FAILURE_REASON.into(), json!("expired"));
+        assert_eq!(
+            audit_trace("t1", &rejected).verdict,
+            Verdict::Rejected {
+                hop: "gateway.interceptor".into(),
+                reason: "expired".into()
+            }
+        );
+        let spans = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        let all = audit(spans.clone(), &Filter::default());
+        assert_eq!(all.len(), 1);
+        let f = Filter {
+            user: Some("bob".into()),
+            ..Filter::default()
+        };
+        assert!(audit(spans.clone(), &f).is_empty());
+        let f = Filter {
+            violations_only: true,
+            ..Filter::default()
+        };
+        assert!(audit(spans, &f).is_empty());
+        assert_eq!(
+            parse_time("2026-11-28T20:00:00Z", 0).unwrap(),
+            1_795_896_000
+        );
+        assert_eq!(parse_time("15m", 10_000).unwrap(), 9_100);
+        assert!(parse_time("yesterday", 0).is_err());
+        let csv = render(&all, Format::Csv, None).unwrap();
+        assert_eq!(csv.lines().count(), 2);
+    }
+}
