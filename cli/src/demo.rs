@@ -391,6 +391,36 @@ pub async fn run(
             .map(|r| format!("{:.1}", app::percentile(&r.latencies(), 95.0)))
             .collect(),
     );
+    row(
+        "p50 of requests that reached the target (ms)",
+        runs.iter()
+            .map(|r| {
+                let mut v: Vec<f64> = r
+                    .rows
+                    .iter()
+                    .filter(|(c, _, _)| c.outcome == Outcome::Ok)
+                    .map(|(c, _, _)| c.latency.as_secs_f64() * 1000.0)
+                    .collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.1}", app::percentile(&v, 50.0))
+                }
+            })
+            .collect(),
+    );
+    row(
+        "first request, cold caches (ms)",
+        runs.iter()
+            .map(|r| {
+                r.rows
+                    .first()
+                    .map(|(c, _, _)| format!("{:.1}", c.latency.as_secs_f64() * 1000.0))
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect(),
+    );
     if let Some(b) = runs.iter().find(|r| r.pattern == Pattern::Broker)
         && fault.is_none()
         && let Some((r, _, _)) = b.rows.iter().find(|(r, _, _)| {
