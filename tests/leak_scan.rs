@@ -169,7 +169,8 @@ async fn demo_output_and_files_hold_no_token() {
         "{}.{}.{}",
         "eyJhbGciOiJSUzI1NiJ9", "eyJzdWIiOiJhbGljZSJ9", "cGxhbnRlZHNpZ25hdHVyZQ"
     );
-    let text = text.replacen("\"orders-service\"", &format!("\"{planted}\""), 1);
+    assert!(text.contains("\"orders-service\""));
+    let text = text.replace("\"orders-service\"", &format!("\"{planted}\""));
     std::fs::write(&store, text).unwrap();
     let report = audit("table");
     assert_eq!(report.status.code(), Some(1));

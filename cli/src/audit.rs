@@ -307,7 +307,8 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
 }
 
 /// Audit every request among `spans` that `filter` selects, oldest first. Traces without any
-/// hop span (e.g. a bare IdP call) are not requests and are skipped.
+/// hop span (e.g. a bare IdP call) are not requests and are skipped, unless a span in them
+/// carries a JWT-shaped value (then they are a violation too).
 pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
     let mut by_trace: BTreeMap<String, Vec<StoredSpan>> = BTreeMap::new();
     for s in spans {
@@ -322,6 +323,7 @@ pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
             spans.iter().any(|s| {
                 s.attr_str(attrs::HOP_NAME)
                     .is_some_and(|h| h != "idp.token")
+                    || jwt_shaped(s).is_some()
             })
         })
         .map(|(id, spans)| audit_trace(id, spans))
