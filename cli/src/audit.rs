@@ -151,18 +151,13 @@ pub fn expected_chain(pattern: &str) -> &'static [&'static str] {
 }
 
 fn jwt_shaped(s: &StoredSpan) -> Option<String> {
-    for (k, v) in &s.attributes {
-        if telemetry::redact::contains_jwt(&v.to_string()) || telemetry::redact::contains_jwt(k) {
-            return Some(format!("span `{}` ({}) attribute `{k}`", s.name, s.service));
-        }
-    }
-    for e in &s.events {
-        if telemetry::redact::contains_jwt(e) {
-            return Some(format!("span `{}` ({}) event", s.name, s.service));
-        }
-    }
-    telemetry::redact::contains_jwt(&s.name)
-        .then(|| format!("span `{}` ({}) name", s.name, s.service))
+    s.jwt_shaped.first().map(|w| {
+        format!(
+            "span `{}` ({}) {w}",
+            telemetry::redact::scrub(&s.name),
+            s.service
+        )
+    })
 }
 
 /// Audit one trace's spans.
@@ -530,6 +525,7 @@ mod tests {
             status: String::new(),
             attributes,
             events: Vec::new(),
+            jwt_shaped: Vec::new(),
         }
     }
 
@@ -646,7 +642,8 @@ mod tests {
             "{}.{}.{}",
             "eyJhbGciOiJSUzI1NiJ9", "eyJzdWIiOiJhbGljZSJ9", "c2lnbmF0dXJlc2lnbmF0dXJl"
         );
-        leaky[1].attributes.insert("note".into(), json!(jwt));
+        assert!(telemetry::redact::contains_jwt(&jwt));
+        leaky[1].jwt_shaped.push("attribute `note`".into());
         let v = violations(&leaky);
         assert!(
             v[0].contains("JWT-shaped value") && v[0].contains("note"),

@@ -134,6 +134,46 @@ pub struct StoredSpan {
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// Event names.
     pub events: Vec<String>,
+    /// Where this span, as stored, holds a JWT-shaped value (every attribute including repeated
+    /// keys, the name, events and their attributes, the status message, the resource): what an
+    /// audit must report even though the flattened fields above may not show it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_shaped: Vec<String>,
+}
+
+fn kv_jwt(kvs: &[KeyValue], what: &str, out: &mut Vec<String>) {
+    for kv in kvs {
+        let value = kv
+            .value
+            .as_ref()
+            .map(|v| any_to_json(v).to_string())
+            .unwrap_or_default();
+        if crate::redact::contains_jwt(&kv.key) || crate::redact::contains_jwt(&value) {
+            out.push(format!("{what} `{}`", crate::redact::scrub(&kv.key)));
+        }
+    }
+}
+
+fn span_jwt(s: &opentelemetry_proto::tonic::trace::v1::Span, resource: &[KeyValue]) -> Vec<String> {
+    let mut out = Vec::new();
+    if crate::redact::contains_jwt(&s.name) {
+        out.push("name".to_owned());
+    }
+    kv_jwt(&s.attributes, "attribute", &mut out);
+    for e in &s.events {
+        if crate::redact::contains_jwt(&e.name) {
+            out.push("event name".to_owned());
+        }
+        kv_jwt(&e.attributes, "event attribute", &mut out);
+    }
+    if s.status
+        .as_ref()
+        .is_some_and(|st| crate::redact::contains_jwt(&st.message))
+    {
+        out.push("status message".to_owned());
+    }
+    kv_jwt(resource, "resource attribute", &mut out);
+    out
 }
 
 impl StoredSpan {
@@ -233,6 +273,13 @@ impl TraceExport {
                         status: status.to_owned(),
                         attributes: attrs_to_map(&s.attributes),
                         events: s.events.iter().map(|e| e.name.clone()).collect(),
+                        jwt_shaped: span_jwt(
+                            s,
+                            rs.resource
+                                .as_ref()
+                                .map(|r| r.attributes.as_slice())
+                                .unwrap_or_default(),
+                        ),
                     });
                 }
             }
