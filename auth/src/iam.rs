@@ -406,17 +406,7 @@ pub struct SigV4Params {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    hex_lower(digest::digest(&digest::SHA256, data).as_ref())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
 }
 
 fn decoded_pairs(raw: &str) -> Vec<(String, String)> {
@@ -597,7 +587,7 @@ pub fn verify_sigv4(
     ] {
         key = hmac_sha256(&key, part.as_bytes());
     }
-    let expected = hex_lower(&hmac_sha256(&key, to_sign.as_bytes()));
+    let expected = hex::encode(hmac_sha256(&key, to_sign.as_bytes()));
     constant_time::verify_slices_are_equal(expected.as_bytes(), params.signature.as_bytes())
         .map_err(|_| IamError::SignatureMismatch)
 }

@@ -201,11 +201,6 @@ impl TokenCache {
         });
         Ok((issued, CacheUse::Miss))
     }
-
-    /// Forget the cached token.
-    pub async fn clear(&self) {
-        *self.slot.lock().await = None;
-    }
 }
 
 /// A client-credentials token source with a fixed client.

@@ -367,15 +367,16 @@ pub async fn run(
         "reached the target",
         runs.iter().map(|r| r.reached().to_string()).collect(),
     );
-    let mut stops: std::collections::BTreeSet<(String, String)> = Default::default();
-    for r in &runs {
-        stops.extend(r.stops().into_keys());
-    }
-    for key in &stops {
+    let per_run: Vec<BTreeMap<(String, String), usize>> =
+        runs.iter().map(PatternRun::stops).collect();
+    let stops: std::collections::BTreeSet<&(String, String)> =
+        per_run.iter().flat_map(|m| m.keys()).collect();
+    for key in stops {
         row(
             &format!("rejected at {} {}", key.0, key.1),
-            runs.iter()
-                .map(|r| r.stops().get(key).copied().unwrap_or(0).to_string())
+            per_run
+                .iter()
+                .map(|m| m.get(key).copied().unwrap_or(0).to_string())
                 .collect(),
         );
     }

@@ -458,7 +458,6 @@ impl Stack {
                 (Some(aws), Some(broker), interceptor_env)
             }
         };
-        let interceptor_env: Vec<(&str, String)> = interceptor_env;
         let interceptor_base = start_hop(
             opts,
             HopName::Interceptor,

@@ -75,7 +75,6 @@ struct Session {
     secret: SecretString,
     token: Option<SecretString>,
     expires_at: i64,
-    chained_from_role: bool,
 }
 
 /// The stand-in's state.
@@ -396,7 +395,6 @@ impl Sts {
                 secret,
                 token: Some(token),
                 expires_at,
-                chained_from_role: true,
             },
         );
         Ok(body)
@@ -408,11 +406,7 @@ impl Sts {
             .sessions
             .lock()
             .ok()
-            .and_then(|s| {
-                s.values()
-                    .find(|x| x.arn == arn && x.chained_from_role)
-                    .map(|x| x.role_id.clone())
-            })
+            .and_then(|s| s.values().find(|x| x.arn == arn).map(|x| x.role_id.clone()))
             .unwrap_or_else(|| random_id("AIDA", 17));
         format!(
             "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
