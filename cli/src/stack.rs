@@ -594,8 +594,22 @@ pub fn stack_file(out: &Path, pattern: Pattern) -> PathBuf {
     out.join(format!("stack-{pattern}.json"))
 }
 
-/// Telemetry for the app (this process): exports to the stack's collector, logs to a file.
+/// Telemetry for the app (this process): exports to the stack's collector (and to X-Ray when
+/// `TOKENTRAIL_XRAY` asks for it, like the hops), logs to a file.
 pub fn init_app_telemetry(endpoints: &Endpoints) -> Result<telemetry::Telemetry> {
+    init_app_telemetry_with(
+        endpoints,
+        std::env::var(telemetry::XRAY_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty()),
+    )
+}
+
+/// [`init_app_telemetry`] with the X-Ray export modes given (`daemon`, `api`, `otlp`).
+pub fn init_app_telemetry_with(
+    endpoints: &Endpoints,
+    xray: Option<String>,
+) -> Result<telemetry::Telemetry> {
     let logs = endpoints.out.join("logs");
     std::fs::create_dir_all(&logs)?;
     Ok(telemetry::init(telemetry::TelemetryConfig {
@@ -605,6 +619,7 @@ pub fn init_app_telemetry(endpoints: &Endpoints) -> Result<telemetry::Telemetry>
         otlp_from_env: otlp_grpc_requested(),
         log_to: telemetry::LogTo::File(logs.join("app.log")),
         export_timeout: Duration::from_secs(5),
+        xray,
     })?)
 }
 

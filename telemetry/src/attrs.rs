@@ -54,6 +54,12 @@ pub const BROKER_CACHE: &str = "tokentrail.broker.cache";
 /// Fingerprint of the service token the broker issued (same key as credential fingerprints).
 pub const BROKER_ISSUED_FINGERPRINT: &str = "tokentrail.broker.issued_fingerprint";
 
+/// X-Ray trace id (`1-…-…`) of the Lambda function segment this hop ran under (Lambda only).
+pub const XRAY_LAMBDA_TRACE_ID: &str = "tokentrail.xray.lambda_trace_id";
+/// Id of the Lambda function segment (`Parent` of `lambda-runtime-trace-id`): in X-Ray the hop
+/// hangs under it as a subsegment when the trace ids agree.
+pub const XRAY_LAMBDA_PARENT_ID: &str = "tokentrail.xray.lambda_parent_id";
+
 /// Standard semantic-convention names used by the hops.
 pub mod semconv {
     /// HTTP request method.

@@ -136,6 +136,16 @@ impl Span {
         if let Some(cold) = lambda_cold_start() {
             attributes.push(KeyValue::new(attrs::semconv::FAAS_COLDSTART, cold));
         }
+        if let Some(l) = parent.0.get::<crate::propagation::LambdaSegment>() {
+            attributes.push(KeyValue::new(
+                attrs::XRAY_LAMBDA_TRACE_ID,
+                l.trace_id.clone(),
+            ));
+            attributes.push(KeyValue::new(
+                attrs::XRAY_LAMBDA_PARENT_ID,
+                l.parent_id.clone(),
+            ));
+        }
         Self::open(Cow::Borrowed(hop.as_str()), role, parent, attributes)
     }
 

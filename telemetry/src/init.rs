@@ -21,6 +21,12 @@ pub const LAMBDA_FLUSH_BOUND: Duration = Duration::from_millis(1500);
 
 /// Endpoint (base URL) of the local stack's embedded collector.
 pub const COLLECTOR_ENV: &str = "TOKENTRAIL_COLLECTOR_ENDPOINT";
+/// X-Ray export, a comma-separated list of `daemon` (UDP segment documents to
+/// `AWS_XRAY_DAEMON_ADDRESS`), `api` (`PutTraceSegments`), `otlp` (OTLP/HTTP to X-Ray's OTLP
+/// endpoint, SigV4-signed).
+pub const XRAY_ENV: &str = "TOKENTRAIL_XRAY";
+/// Override of X-Ray's OTLP endpoint (default `https://xray.<region>.amazonaws.com/v1/traces`).
+pub const XRAY_OTLP_ENDPOINT_ENV: &str = "TOKENTRAIL_XRAY_OTLP_ENDPOINT";
 /// Log output: `json` (default, to stderr), `off`.
 pub const LOG_ENV: &str = "TOKENTRAIL_LOG";
 
@@ -67,6 +73,8 @@ pub struct TelemetryConfig {
     pub log_to: LogTo,
     /// Bound on one export.
     pub export_timeout: Duration,
+    /// X-Ray export modes (`TOKENTRAIL_XRAY`: `daemon`, `api`, `otlp`, comma-separated).
+    pub xray: Option<String>,
 }
 
 impl TelemetryConfig {
@@ -82,6 +90,9 @@ impl TelemetryConfig {
             otlp_from_env: true,
             log_to,
             export_timeout: Duration::from_secs(5),
+            xray: std::env::var(XRAY_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
         }
     }
 }
@@ -157,6 +168,7 @@ fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     exporters: Vec<&'static str>,
+    xray_stats: Option<std::sync::Arc<crate::xray::XrayStats>>,
 }
 
 /// What a bounded flush achieved.
@@ -174,6 +186,11 @@ impl Telemetry {
     /// Names of the active exporters (`collector`, `otlp-http`, `otlp-grpc`).
     pub fn exporters(&self) -> &[&'static str] {
         &self.exporters
+    }
+
+    /// Counters of the X-Ray segment exporters (daemon, API), when one is active.
+    pub fn xray_stats(&self) -> Option<&crate::xray::XrayStats> {
+        self.xray_stats.as_deref()
     }
 
     /// Flush every pending span, waiting at most `bound`. Safe on any Tokio runtime (the
@@ -262,9 +279,86 @@ fn build_provider(
             other => return Err(TelemetryError::Protocol(other.to_owned())),
         }
     }
+    let mut xray_stats = None;
+    if let Some(modes) = &cfg.xray {
+        let stats = std::sync::Arc::new(crate::xray::XrayStats::default());
+        for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let fail =
+                |which: &'static str, reason: String| TelemetryError::Exporter { which, reason };
+            match mode {
+                "daemon" => {
+                    let address = std::env::var("AWS_XRAY_DAEMON_ADDRESS")
+                        .ok()
+                        .filter(|a| !a.trim().is_empty())
+                        .unwrap_or_else(|| crate::xray::DEFAULT_DAEMON_ADDRESS.to_owned());
+                    let sink = crate::xray::XraySink::daemon(&address).map_err(|e| {
+                        fail(
+                            "xray-daemon",
+                            format!("AWS_XRAY_DAEMON_ADDRESS `{address}`: {e}"),
+                        )
+                    })?;
+                    builder = builder.with_span_processor(batch(crate::xray::XrayExporter::new(
+                        sink,
+                        cfg.service.as_str(),
+                        stats.clone(),
+                    )));
+                    exporters.push("xray-daemon");
+                }
+                "api" => {
+                    let worker = crate::xray::AwsWorker::start(cfg.export_timeout)
+                        .map_err(|e| fail("xray-api", e.to_string()))?;
+                    builder = builder.with_span_processor(batch(crate::xray::XrayExporter::new(
+                        crate::xray::XraySink::Api(worker),
+                        cfg.service.as_str(),
+                        stats.clone(),
+                    )));
+                    exporters.push("xray-api");
+                }
+                "otlp" => {
+                    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                        .iter()
+                        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+                        .ok_or_else(|| {
+                            fail(
+                                "xray-otlp",
+                                "set AWS_REGION: the OTLP endpoint and the SigV4 signature need it"
+                                    .into(),
+                            )
+                        })?;
+                    let endpoint = std::env::var(XRAY_OTLP_ENDPOINT_ENV)
+                        .ok()
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| {
+                            format!("https://xray.{region}.amazonaws.com/v1/traces")
+                        });
+                    let client = crate::xray::SigV4HttpClient::new(&region, cfg.export_timeout)
+                        .map_err(|e| fail("xray-otlp", e.to_string()))?;
+                    use opentelemetry_otlp::WithHttpConfig;
+                    let exporter = opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_http_client(client)
+                        .with_protocol(Protocol::HttpBinary)
+                        .with_endpoint(endpoint)
+                        .with_timeout(cfg.export_timeout)
+                        .build()
+                        .map_err(|e| fail("xray-otlp", e.to_string()))?;
+                    builder = builder.with_span_processor(batch(exporter));
+                    exporters.push("xray-otlp");
+                }
+                other => {
+                    return Err(fail(
+                        "xray",
+                        format!("{XRAY_ENV}: unknown mode `{other}` (use daemon, api, otlp)"),
+                    ));
+                }
+            }
+        }
+        xray_stats = Some(stats);
+    }
     Ok(Telemetry {
         provider: builder.build(),
         exporters,
+        xray_stats,
     })
 }
 
@@ -436,6 +530,7 @@ mod tests {
         let telemetry = Telemetry {
             provider: provider.clone(),
             exporters: vec!["hang"],
+            xray_stats: None,
         };
         provider.tracer("t").in_span("work", |_| {});
         let started = std::time::Instant::now();
@@ -457,6 +552,7 @@ mod tests {
         let telemetry = Telemetry {
             provider: provider.clone(),
             exporters: vec!["capture"],
+            xray_stats: None,
         };
         provider.tracer("t").in_span("one-invocation", |_| {});
         let outcome = telemetry.flush(Duration::from_secs(10)).await;
@@ -491,5 +587,6 @@ pub fn install_discarding_pipeline() -> Telemetry {
     Telemetry {
         provider,
         exporters: vec!["discard"],
+        xray_stats: None,
     }
 }

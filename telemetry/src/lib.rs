@@ -7,6 +7,7 @@
 //! - [`TraceContext`] and [`propagation`]: W3C + X-Ray extraction and injection;
 //! - [`CredentialProvenance`] and [`fingerprint`]: what may be recorded about a credential;
 //! - [`redact`]: the last-line scrubber applied to every exported string;
+//! - [`xray`]: span → X-Ray segment documents, daemon / `PutTraceSegments` / SigV4 OTLP export;
 //! - [`Telemetry::flush`]: bounded per-invocation flush for Lambda.
 
 pub mod attrs;
@@ -20,12 +21,14 @@ pub mod otlp;
 pub mod propagation;
 pub mod provenance;
 pub mod redact;
+pub mod xray;
 
 pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};
 pub use hop::{AttrValue, HopSpan, Role, Span};
 pub use init::{
     COLLECTOR_ENV, FlushOutcome, LAMBDA_FLUSH_BOUND, LOG_ENV, LogTo, Telemetry, TelemetryConfig,
-    TelemetryError, init, install_discarding_pipeline, otlp_env_protocol,
+    TelemetryError, XRAY_ENV, XRAY_OTLP_ENDPOINT_ENV, init, install_discarding_pipeline,
+    otlp_env_protocol,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};

@@ -269,7 +269,51 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// The function segment Lambda opened for this invocation (`Root` and `Parent` of
+/// `lambda-runtime-trace-id`). A hop span records it so that, in X-Ray, the hop hangs under the
+/// function segment when Lambda's trace is the request's trace (W3C ids rule across hops; the
+/// X-Ray link is secondary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaSegment {
+    /// Lambda's trace id, X-Ray form (`1-…-…`).
+    pub trace_id: String,
+    /// The function segment's id (16 hex).
+    pub parent_id: String,
+}
+
+impl LambdaSegment {
+    /// Parse an X-Ray trace header as Lambda hands it over.
+    pub fn parse(value: &str) -> Option<Self> {
+        let sc = parse_xray_header(value)?;
+        Some(Self {
+            trace_id: xray_trace_id(&sc.trace_id().to_string()),
+            parent_id: sc.span_id().to_string(),
+        })
+    }
+}
+
+fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+}
+
 fn extract_from(extractor: &dyn Extractor, lambda_fallback: Option<&str>) -> TraceContext {
+    let lambda = lambda_fallback
+        .or_else(|| {
+            // Only a Lambda front door sets this header (from the invocation's context, after
+            // removing any the caller sent); elsewhere it is not trusted.
+            in_lambda()
+                .then(|| extractor.get(LAMBDA_RUNTIME_TRACE_ID))
+                .flatten()
+        })
+        .and_then(LambdaSegment::parse);
+    let TraceContext(cx) = extract_trace(extractor, lambda_fallback);
+    TraceContext(match lambda {
+        Some(l) => cx.with_value(l),
+        None => cx,
+    })
+}
+
+fn extract_trace(extractor: &dyn Extractor, lambda_fallback: Option<&str>) -> TraceContext {
     // Start from an empty context, never from `Context::current()`: inside lambda_runtime the
     // current context is the runtime's own invoke span, which is not the caller's trace.
     let cx = BaggagePropagator::new().extract_with_context(&Context::new(), extractor);
@@ -364,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn w3c_parent_wins_and_the_lambda_segment_is_kept_beside_it() {
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, http::HeaderValue::from_static(TP));
+        let cx = extract_lambda(
+            &h,
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=1111222233334444;Sampled=1"),
+        );
+        assert_eq!(cx.span_id(), &TP[36..52]);
+        assert_eq!(
+            cx.0.get::<LambdaSegment>().map(|l| l.parent_id.as_str()),
+            Some("1111222233334444")
+        );
+        // Outside Lambda a caller cannot plant a function segment through the header.
+        h.insert(
+            LAMBDA_RUNTIME_TRACE_ID,
+            http::HeaderValue::from_static(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=1111222233334444",
+            ),
+        );
+        assert!(extract_headers(&h).0.get::<LambdaSegment>().is_none());
+    }
+
+    #[test]
     fn w3c_wins_over_xray() {
         let mut h = http::HeaderMap::new();
         h.insert(TRACEPARENT, http::HeaderValue::from_static(TP));
@@ -403,6 +470,13 @@ mod tests {
             Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"),
         );
         assert_eq!(cx.span_id(), "53995c3f42cd8ad8");
+        assert_eq!(
+            cx.0.get::<LambdaSegment>(),
+            Some(&LambdaSegment {
+                trace_id: "1-5759e988-bd862e3fe1be46a994272793".into(),
+                parent_id: "53995c3f42cd8ad8".into(),
+            })
+        );
     }
 
     #[test]

@@ -11,6 +11,19 @@ pub async fn run_router(
         let app = app.clone();
         let telemetry = telemetry.clone();
         async move {
+            use lambda_http::RequestExt;
+            // The function segment Lambda opened for this invocation, for the hop span (X-Ray
+            // hangs the hop under it). A header of that name from the caller is never trusted.
+            let trace = req
+                .lambda_context_ref()
+                .and_then(|c| c.xray_trace_id.clone())
+                .and_then(|t| lambda_http::http::HeaderValue::from_str(&t).ok());
+            let mut req = req;
+            let headers = req.headers_mut();
+            headers.remove(telemetry::propagation::LAMBDA_RUNTIME_TRACE_ID);
+            if let Some(t) = trace {
+                headers.insert(telemetry::propagation::LAMBDA_RUNTIME_TRACE_ID, t);
+            }
             telemetry
                 .flushed(
                     app.oneshot(req.map(axum::body::Body::new)),
