@@ -33,6 +33,12 @@ if [ ! -x .venv-aws/bin/moto_server ]; then
   .venv-aws/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 
+# moto 5.2.5 answers GetTraceSummaries with `"Users": {}` where X-Ray's model (and so the Rust
+# SDK's strict parser) has a list: make the emulator answer in X-Ray's shape. Idempotent.
+MOTO_XRAY=$(.venv-aws/bin/python -c 'import moto.xray.models as m; print(m.__file__)')
+sed -i 's/"Users": {},  # Not implemented yet/"Users": [],  # Not implemented yet (tokentrail: a list, as X-Ray answers)/' "$MOTO_XRAY"
+grep -q '"Users": \[\]' "$MOTO_XRAY" || { echo "could not fix moto's GetTraceSummaries shape in $MOTO_XRAY"; exit 1; }
+
 step "starting moto on a free loopback port"
 MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 MOTO_LOG="$ROOT/target/moto.log"

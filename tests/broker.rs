@@ -152,15 +152,7 @@ async fn broker_chain_end_to_end() {
             continue;
         }
         let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
-        for svc in [
-            "app",
-            "runtime",
-            "agent",
-            "gateway",
-            "interceptor",
-            "broker",
-            "target",
-        ] {
+        for svc in support::BROKER_SERVICES {
             assert!(
                 services.contains(svc),
                 "{svc} missing from {}: {services:?}",

@@ -14,100 +14,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokentrail::app::{App, CallSpec, Outcome};
 
-struct Jaeger {
-    _child: tokio::process::Child,
-    otlp_http: u16,
-    otlp_grpc: u16,
-    query: u16,
-}
-
-async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
-    let (otlp_grpc, otlp_http, query, query_grpc, health) = (
-        support::free_port(),
-        support::free_port(),
-        support::free_port(),
-        support::free_port(),
-        support::free_port(),
-    );
-    let config = format!(
-        r#"service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  healthcheckv2:
-    use_v2: true
-    http:
-      endpoint: 127.0.0.1:{health}
-  jaeger_query:
-    storage:
-      traces: mem
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 10000
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{otlp_grpc}
-      http:
-        endpoint: 127.0.0.1:{otlp_http}
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-"#
-    );
-    let path = dir.join("jaeger.yaml");
-    std::fs::write(&path, config).expect("config");
-    let log = std::fs::File::create(dir.join("jaeger.log")).expect("log");
-    let child = tokio::process::Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("jaeger starts");
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http
-            .get(format!("http://127.0.0.1:{query}/api/services"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Jaeger {
-                _child: child,
-                otlp_http,
-                otlp_grpc,
-                query,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "Jaeger did not start; see {}",
-        dir.join("jaeger.log").display()
-    );
-}
-
 /// Poll Jaeger until the trace holds every service in `want`.
 async fn fetch_trace(query: u16, trace_id: &str, want: &[&str]) -> Value {
     let http = reqwest::Client::new();
@@ -153,7 +59,7 @@ async fn demo_request_is_one_trace_in_jaeger() {
         }
     };
     let dir = support::tempdir("jaeger");
-    let jaeger = start_jaeger(&bin, &dir).await;
+    let jaeger = support::start_jaeger(&bin, &dir).await;
 
     // 1. The whole chain, forwarded by the stack's collector over OTLP/HTTP.
     let out = dir.join("out");

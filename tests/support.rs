@@ -5,6 +5,8 @@ pub mod broker_env;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use telemetry::otlp::StoredSpan;
 use tokentrail::stack::{Stack, StackOptions};
@@ -210,4 +212,130 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// A Jaeger v2 process (in-memory storage) on loopback ports of its own.
+pub struct Jaeger {
+    _child: tokio::process::Child,
+    /// OTLP/HTTP receiver port.
+    pub otlp_http: u16,
+    /// OTLP/gRPC receiver port.
+    pub otlp_grpc: u16,
+    /// Query API / UI port.
+    pub query: u16,
+}
+
+/// Start Jaeger from `bin`, its config and log in `dir`; waits until the query API answers.
+pub async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
+    let (otlp_grpc, otlp_http, query, query_grpc, health) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let config = format!(
+        r#"service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{health}
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+"#
+    );
+    let path = dir.join("jaeger.yaml");
+    std::fs::write(&path, config).expect("config");
+    let log = std::fs::File::create(dir.join("jaeger.log")).expect("log");
+    let child = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("jaeger starts");
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http
+            .get(format!("http://127.0.0.1:{query}/api/services"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Jaeger {
+                _child: child,
+                otlp_http,
+                otlp_grpc,
+                query,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "Jaeger did not start; see {}",
+        dir.join("jaeger.log").display()
+    );
+}
+
+/// The services a broker request passes through, app to target.
+pub const BROKER_SERVICES: [&str; 7] = [
+    "app",
+    "runtime",
+    "agent",
+    "gateway",
+    "interceptor",
+    "broker",
+    "target",
+];
+
+/// A tool the tests need, from its environment variable. `None` means skip, unless
+/// `TOKENTRAIL_REQUIRE_TOOLS=1` (scripts/test.sh), where a missing tool fails the test.
+pub fn tool(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("TOKENTRAIL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "{var} is not set but tools are required ({what})"
+            );
+            eprintln!("skipped: set {var} ({what}; scripts/test.sh provides it)");
+            None
+        }
+    }
 }

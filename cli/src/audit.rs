@@ -1,6 +1,7 @@
 //! `tokentrail audit`: for every request, which identity entered, which reached the target (or
 //! which hop stopped it and why), through which hops, and whether anything broke the pattern's
-//! promise. Source here: the local span store (`--store DIR`, OTLP JSON lines).
+//! promise. Sources ([`Source`]): the local span store (`--store DIR`, OTLP JSON lines), Jaeger's
+//! query API (`--jaeger URL`), X-Ray (`--xray`).
 //!
 //! Verdicts: `ok`, `rejected` (hop and reason), or `violation` with what broke:
 //! - passthrough: the identity at the target differs from the one that entered;
@@ -9,7 +10,6 @@
 //!   missing; a span carries a JWT-shaped value.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -480,17 +480,34 @@ fn render_raw(records: &[Record], format: Format, jaeger: Option<&str>) -> Resul
     })
 }
 
-/// `tokentrail audit --store DIR`.
-pub fn run(store: &Path, filter: &Filter, format: Format) -> Result<ExitCode> {
-    let path = if store.is_dir() {
-        store.join("traces.jsonl")
-    } else {
-        store.to_owned()
+/// Where to read spans from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The local store (directory or file).
+    Store(std::path::PathBuf),
+    /// Jaeger's query API (UI base URL).
+    Jaeger(String),
+    /// AWS X-Ray.
+    Xray(crate::sources::XrayTarget),
+}
+
+/// `tokentrail audit`: fetch, audit, print; exit status 1 when a violation is found.
+pub async fn run(source: &Source, filter: &Filter, format: Format) -> Result<ExitCode> {
+    let now = auth::iam::now_epoch();
+    let fetched = match source {
+        Source::Store(path) => crate::sources::store(path)?,
+        Source::Jaeger(url) => crate::sources::jaeger(url, filter, now).await?,
+        Source::Xray(target) => crate::sources::xray(target, filter, now).await?,
     };
-    let spans = telemetry::otlp::read_store(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
-    let records = audit(spans, filter);
-    print!("{}", render(&records, format, None)?);
+    for note in &fetched.notes {
+        eprintln!("note: {}", telemetry::redact::scrub(note));
+    }
+    let records = audit(fetched.spans, filter);
+    let jaeger = match source {
+        Source::Jaeger(url) => Some(url.as_str()),
+        _ => None,
+    };
+    print!("{}", render(&records, format, jaeger)?);
     let violation = records
         .iter()
         .any(|r| matches!(r.verdict, Verdict::Violation { .. }));

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod serve;
+pub mod sources;
 pub mod stack;
 
 use std::path::PathBuf;
@@ -109,9 +110,24 @@ pub enum Command {
     },
     /// Which identity reached the target, per request, with a verdict (exit 1 on a violation).
     Audit {
-        /// The span store: a directory holding traces.jsonl (as the demo writes it) or the file.
-        #[arg(long, default_value = "tokentrail-out")]
-        store: PathBuf,
+        /// Read the local span store: a directory holding traces.jsonl (as the demo writes it)
+        /// or the file [default: tokentrail-out when no other source is given].
+        #[arg(long, conflicts_with_all = ["jaeger", "xray"])]
+        store: Option<PathBuf>,
+        /// Read from Jaeger's query API at this URL (as the UI is served: http://HOST:16686);
+        /// the table links each trace to Jaeger's UI.
+        #[arg(long, conflicts_with = "xray")]
+        jaeger: Option<String>,
+        /// Read from AWS X-Ray (GetTraceSummaries, BatchGetTraces), with the standard AWS
+        /// credentials and region.
+        #[arg(long)]
+        xray: bool,
+        /// X-Ray endpoint (an emulator such as moto).
+        #[arg(long, requires = "xray")]
+        endpoint_url: Option<String>,
+        /// X-Ray region (default: the standard AWS configuration).
+        #[arg(long, requires = "xray")]
+        region: Option<String>,
         /// Only requests started at or after: RFC 3339, Unix seconds, or an age (15m, 2h, 1d).
         #[arg(long)]
         since: Option<String>,
@@ -189,6 +205,10 @@ pub fn main() -> ExitCode {
             } => demo::run(&out, requests, pattern, broker_fault).await,
             Command::Audit {
                 store,
+                jaeger,
+                xray,
+                endpoint_url,
+                region,
                 since,
                 until,
                 trace,
@@ -196,18 +216,31 @@ pub fn main() -> ExitCode {
                 pattern,
                 violations_only,
                 format,
-            } => (|| {
-                let now = auth::iam::now_epoch();
-                let filter = audit::Filter {
-                    trace: trace.map(|t| t.to_ascii_lowercase()),
-                    user,
-                    pattern: pattern.map(|p| telemetry::Pattern::from(p).as_str().to_owned()),
-                    since: since.map(|s| audit::parse_time(&s, now)).transpose()?,
-                    until: until.map(|s| audit::parse_time(&s, now)).transpose()?,
-                    violations_only,
-                };
-                audit::run(&store, &filter, format)
-            })(),
+            } => {
+                async {
+                    let now = auth::iam::now_epoch();
+                    let filter = audit::Filter {
+                        trace: trace.map(|t| t.to_ascii_lowercase()),
+                        user,
+                        pattern: pattern.map(|p| telemetry::Pattern::from(p).as_str().to_owned()),
+                        since: since.map(|s| audit::parse_time(&s, now)).transpose()?,
+                        until: until.map(|s| audit::parse_time(&s, now)).transpose()?,
+                        violations_only,
+                    };
+                    let source = match (jaeger, xray) {
+                        (Some(url), _) => audit::Source::Jaeger(url),
+                        (None, true) => audit::Source::Xray(sources::XrayTarget {
+                            endpoint_url,
+                            region,
+                        }),
+                        (None, false) => audit::Source::Store(
+                            store.unwrap_or_else(|| PathBuf::from("tokentrail-out")),
+                        ),
+                    };
+                    audit::run(&source, &filter, format).await
+                }
+                .await
+            }
             Command::Bench {
                 out,
                 requests,
