@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokentrail::app::{App, CallSpec, Outcome};
+use serde_json::Value;
+use tokentrail::app::{App, Outcome};
 
 /// Poll Jaeger until the trace holds every service in `want`.
 async fn fetch_trace(query: u16, trace_id: &str, want: &[&str]) -> Value {
@@ -71,12 +71,7 @@ async fn demo_request_is_one_trace_in_jaeger() {
     let telemetry = tokentrail::stack::init_app_telemetry(&stack.endpoints).expect("app telemetry");
     let app = App::new(stack.endpoints.clone()).expect("app");
     let r = app
-        .call(&CallSpec {
-            user: "alice".into(),
-            tool: "orders___getOrder".into(),
-            arguments: json!({"orderId": "A-1001"}),
-            fault: None,
-        })
+        .call(&support::alice_reads_her_order())
         .await
         .expect("call");
     assert_eq!(r.outcome, Outcome::Ok);

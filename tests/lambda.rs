@@ -110,10 +110,53 @@ async fn lambda_front_doors_under_cargo_lambda() {
     )
     .await
     .expect("collector serves");
+    // The X-Ray daemon's side of the UDP protocol: what a Lambda with active tracing sends.
+    let daemon = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    daemon
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let env = vec![
         ("TOKENTRAIL_ISSUER", issuer.clone()),
         ("TOKENTRAIL_COLLECTOR_ENDPOINT", format!("http://{caddr}")),
+        ("TOKENTRAIL_XRAY", "daemon".to_owned()),
+        (
+            "AWS_XRAY_DAEMON_ADDRESS",
+            daemon.local_addr().expect("addr").to_string(),
+        ),
     ];
+    let mut segments: Vec<Value> = Vec::new();
+    let drain = |segments: &mut Vec<Value>| {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok(n) = daemon.recv(&mut buf) {
+            let text = std::str::from_utf8(&buf[..n]).expect("utf-8 datagram");
+            let (head, doc) = text.split_once('\n').expect("header line");
+            assert_eq!(head, telemetry::xray::DAEMON_HEADER);
+            assert!(doc.len() <= telemetry::xray::MAX_DOCUMENT_BYTES);
+            segments.push(serde_json::from_str(doc).expect("segment JSON"));
+        }
+    };
+    // In X-Ray the hop is a subsegment of the function segment Lambda owns (the `Parent` of
+    // `lambda-runtime-trace-id`), in Lambda's trace.
+    let under_function = |segments: &[Value], span: &telemetry::otlp::StoredSpan| {
+        let seg = segments
+            .iter()
+            .find(|d| d["id"] == span.span_id.as_str())
+            .unwrap_or_else(|| panic!("a datagram for {}", span.name));
+        let parent = span
+            .attr_str(telemetry::attrs::XRAY_LAMBDA_PARENT_ID)
+            .expect("the hop span records the function segment");
+        assert_eq!(
+            span.attr_str(telemetry::attrs::XRAY_LAMBDA_TRACE_ID),
+            Some(telemetry::propagation::xray_trace_id(&span.trace_id).as_str())
+        );
+        assert_eq!(seg["type"], "subsegment", "{seg}");
+        assert_eq!(seg["parent_id"], parent, "{seg}");
+        assert_eq!(
+            seg["trace_id"],
+            telemetry::propagation::xray_trace_id(&span.trace_id)
+        );
+        assert_eq!(seg["name"], span.service.as_str());
+    };
     let http = reqwest::Client::new();
     let login = |ttl: &'static str| {
         let issuer = issuer.clone();
@@ -247,6 +290,8 @@ async fn lambda_front_doors_under_cargo_lambda() {
         spans.iter().all(|s| s.span_id != hop.parent_span_id),
         "its parent is remote (the runtime's segment)"
     );
+    drain(&mut segments);
+    under_function(&segments, hop);
     assert!(
         spans
             .iter()
@@ -288,5 +333,7 @@ async fn lambda_front_doors_under_cargo_lambda() {
         .find(|s| s.name == "target.api" && s.attr_str("enduser.id") == Some("alice"))
         .expect("target span flushed");
     assert_eq!(target.service, "target");
+    drain(&mut segments);
+    under_function(&segments, target);
     let _ = std::fs::remove_dir_all(&out);
 }

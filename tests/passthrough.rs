@@ -6,9 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::json;
 use telemetry::attrs;
-use tokentrail::app::{App, CallSpec, Outcome, TokenFault};
+use tokentrail::app::{App, Outcome, TokenFault};
 use tokentrail::demo::script;
 use tokentrail::serve::HopName;
 
@@ -32,12 +31,7 @@ async fn passthrough_chain_end_to_end() {
     }
 
     // IdP down after keys were fetched: a token obtained earlier is still accepted end to end.
-    let spec = CallSpec {
-        user: "alice".into(),
-        tool: "orders___getOrder".into(),
-        arguments: json!({"orderId": "A-1001"}),
-        fault: None,
-    };
+    let spec = support::alice_reads_her_order();
     let early = app
         .login(
             "alice",

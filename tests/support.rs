@@ -313,6 +313,16 @@ exporters:
     );
 }
 
+/// alice reads her order A-1001: the request every pattern lets through.
+pub fn alice_reads_her_order() -> tokentrail::app::CallSpec {
+    tokentrail::app::CallSpec {
+        user: "alice".into(),
+        tool: "orders___getOrder".into(),
+        arguments: serde_json::json!({"orderId": "A-1001"}),
+        fault: None,
+    }
+}
+
 /// The services a broker request passes through, app to target.
 pub const BROKER_SERVICES: [&str; 7] = [
     "app",
