@@ -45,7 +45,13 @@ pub fn store(path: &Path) -> Result<Fetched> {
     } else {
         path.to_owned()
     };
-    let spans = telemetry::otlp::read_store(&file)
+    // The audit reads only the hop spans' tokentrail attributes and `enduser.id`; every
+    // JWT-shaped value, in any span, is still found.
+    let filter = telemetry::otlp::ScanFilter {
+        keep: &|k| k.starts_with("tokentrail.") || k == telemetry::attrs::ENDUSER_ID,
+        only_with: Some(telemetry::attrs::HOP_NAME),
+    };
+    let spans = telemetry::otlp::scan_store(&file, &filter)
         .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
     Ok(Fetched {
         spans,

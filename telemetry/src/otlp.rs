@@ -313,3 +313,543 @@ pub fn read_store(path: &Path) -> Result<Vec<StoredSpan>, OtlpError> {
     }
     Ok(spans)
 }
+
+/// One part's spans and newline count, or the part's failing line (0-based) and why.
+type PartResult = Result<(Vec<StoredSpan>, usize), (usize, serde_json::Error)>;
+
+/// What [`scan_store`] keeps.
+pub struct ScanFilter<'a> {
+    /// Attributes kept (by key); the others are dropped.
+    pub keep: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Keep only spans carrying this attribute (and every span holding a JWT-shaped value);
+    /// `None` keeps every span.
+    pub only_with: Option<&'a str>,
+}
+
+/// A fast reader for audits over large stores: the store's lines parsed in parallel into minimal
+/// borrowed structures, keeping only the spans and attributes the filter selects (what an audit
+/// reads), while still finding every JWT-shaped value anywhere in a line (a line with one is
+/// decoded in full to say where). Same spans, same order within a line, as [`read_store`] minus
+/// what the filter drops.
+pub fn scan_store(path: &Path, filter: &ScanFilter<'_>) -> Result<Vec<StoredSpan>, OtlpError> {
+    use std::io::Read;
+    let io = |source| OtlpError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    const BLOCK: usize = 64 << 20;
+    let mut out = Vec::new();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut lines_before = 0usize;
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        let eof = n == 0;
+        carry.extend_from_slice(&buf[..n]);
+        // Parse up to the last complete line; keep the rest for the next block.
+        let end = if eof {
+            carry.len()
+        } else {
+            match carry.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => continue,
+            }
+        };
+        if end > 0 {
+            let block = &carry[..end];
+            // Split into one part per thread, at line boundaries.
+            let mut parts = Vec::with_capacity(threads);
+            let mut start = 0;
+            for t in 1..=threads {
+                let mut cut = (block.len() * t / threads).max(start);
+                while cut < block.len() && block[cut - 1] != b'\n' {
+                    cut += 1;
+                }
+                if t == threads {
+                    cut = block.len();
+                }
+                parts.push(&block[start..cut]);
+                start = cut;
+            }
+            let results: Vec<PartResult> = std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .map(|part| {
+                        s.spawn(move || {
+                            let spans = scan_part(part, filter)?;
+                            Ok((spans, memchr::memchr_iter(b'\n', part).count()))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err((0, serde::de::Error::custom("parser thread panicked")))
+                        })
+                    })
+                    .collect()
+            });
+            let mut line_base = lines_before;
+            for result in results {
+                match result {
+                    Ok((spans, newlines)) => {
+                        out.extend(spans);
+                        line_base += newlines;
+                    }
+                    Err((line, source)) => {
+                        return Err(OtlpError::StoreLine {
+                            path: path.display().to_string(),
+                            line: line_base + line + 1,
+                            source,
+                        });
+                    }
+                }
+            }
+            lines_before = line_base;
+            carry.drain(..end);
+        }
+        if eof {
+            return Ok(out);
+        }
+    }
+}
+
+fn scan_part(
+    part: &[u8],
+    filter: &ScanFilter<'_>,
+) -> Result<Vec<StoredSpan>, (usize, serde_json::Error)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    let ends = memchr::memchr_iter(b'\n', part).chain(std::iter::once(part.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &part[from..end];
+        from = (end + 1).min(part.len());
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if crate::redact::may_contain_jwt(line)
+            && crate::redact::contains_jwt(&String::from_utf8_lossy(line))
+        {
+            let text = String::from_utf8_lossy(line);
+            // Rare: a JWT-shaped value somewhere in this line. Decode it in full to say where.
+            let full: ExportTraceServiceRequest =
+                serde_json::from_str(&text).map_err(|e| (i, e))?;
+            for mut s in TraceExport(full).spans() {
+                if filter
+                    .only_with
+                    .is_some_and(|k| !s.attributes.contains_key(k))
+                    && s.jwt_shaped.is_empty()
+                {
+                    continue;
+                }
+                s.attributes.retain(|k, _| (filter.keep)(k));
+                out.push(s);
+            }
+            continue;
+        }
+        let req: scan::Req<'_> = serde_json::from_slice(line).map_err(|e| (i, e))?;
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .map(scan::Val::to_json)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unknown".to_owned());
+            let wanted = filter.only_with.map(|k| format!("\"{k}\""));
+            for ss in &rs.scope_spans {
+                for raw in &ss.spans {
+                    // Most spans lack the attribute asked for: find that out without parsing (a
+                    // span with a `\u` escape, which could spell the key, is always parsed).
+                    let bytes = raw.get().as_bytes();
+                    if wanted.as_ref().is_some_and(|w| {
+                        memchr::memmem::find(bytes, w.as_bytes()).is_none()
+                            && memchr::memmem::find(bytes, b"\\u").is_none()
+                    }) {
+                        continue;
+                    }
+                    let s: scan::Span<'_> = serde_json::from_str(raw.get()).map_err(|e| (i, e))?;
+                    if filter.only_with.is_none_or(|k| s.has(k)) {
+                        out.push(s.to_stored(&service, filter.keep).map_err(|e| (i, e))?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Minimal borrowed views of OTLP/JSON, for [`scan_store`].
+mod scan {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{StoredSpan, kind_name};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Req<'a> {
+        #[serde(borrow, default)]
+        pub(super) resource_spans: Vec<Rs<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Rs<'a> {
+        #[serde(borrow, default)]
+        pub(super) resource: Option<Res<'a>>,
+        #[serde(borrow, default)]
+        pub(super) scope_spans: Vec<Ss<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Res<'a> {
+        #[serde(borrow, default)]
+        pub(super) attributes: Vec<Attr<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Ss<'a> {
+        #[serde(borrow, default)]
+        pub(super) spans: Vec<&'a serde_json::value::RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Attr<'a> {
+        #[serde(borrow)]
+        pub(super) key: Cow<'a, str>,
+        #[serde(borrow, default)]
+        pub(super) value: Option<Val<'a>>,
+    }
+
+    /// An attribute whose value is left unparsed until it is kept: most are not.
+    #[derive(Deserialize)]
+    pub(super) struct RawAttr<'a> {
+        #[serde(borrow)]
+        key: Cow<'a, str>,
+        #[serde(borrow, default)]
+        value: Option<&'a serde_json::value::RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Val<'a> {
+        #[serde(borrow, default)]
+        string_value: Option<Cow<'a, str>>,
+        #[serde(default)]
+        bool_value: Option<bool>,
+        #[serde(default, deserialize_with = "num_or_string")]
+        int_value: Option<i64>,
+        #[serde(default)]
+        double_value: Option<f64>,
+        #[serde(borrow, default)]
+        array_value: Option<Arr<'a>>,
+        #[serde(borrow, default)]
+        kvlist_value: Option<KvList<'a>>,
+        #[serde(borrow, default)]
+        bytes_value: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Arr<'a> {
+        #[serde(borrow, default)]
+        values: Vec<Val<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct KvList<'a> {
+        #[serde(borrow, default)]
+        values: Vec<Attr<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Event<'a> {
+        #[serde(borrow, default)]
+        name: Cow<'a, str>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Status {
+        #[serde(default)]
+        code: i32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Span<'a> {
+        #[serde(borrow, default)]
+        trace_id: Cow<'a, str>,
+        #[serde(borrow, default)]
+        span_id: Cow<'a, str>,
+        #[serde(borrow, default)]
+        parent_span_id: Cow<'a, str>,
+        #[serde(borrow, default)]
+        name: Cow<'a, str>,
+        #[serde(default)]
+        kind: i32,
+        #[serde(default, deserialize_with = "num_or_string")]
+        start_time_unix_nano: Option<i64>,
+        #[serde(default, deserialize_with = "num_or_string")]
+        end_time_unix_nano: Option<i64>,
+        #[serde(borrow, default)]
+        attributes: Vec<RawAttr<'a>>,
+        #[serde(borrow, default)]
+        events: Vec<Event<'a>>,
+        #[serde(default)]
+        status: Option<Status>,
+    }
+
+    /// OTLP/JSON writes 64-bit integers as strings; accept numbers too.
+    fn num_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Option<i64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer or a string holding one")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Some(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v).map(Some).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse::<i64>()
+                    .map(Some)
+                    .map_err(|_| E::custom(format!("`{v}` is not an integer")))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    impl Val<'_> {
+        /// The same JSON value the full decoder gives ([`super::any_to_json`]).
+        pub(super) fn to_json(&self) -> serde_json::Value {
+            use serde_json::Value as J;
+            if let Some(s) = &self.string_value {
+                J::String(s.to_string())
+            } else if let Some(b) = self.bool_value {
+                J::Bool(b)
+            } else if let Some(i) = self.int_value {
+                J::from(i)
+            } else if let Some(d) = self.double_value {
+                J::from(d)
+            } else if let Some(a) = &self.array_value {
+                J::Array(a.values.iter().map(Val::to_json).collect())
+            } else if let Some(kv) = &self.kvlist_value {
+                J::Object(
+                    kv.values
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.key.to_string(),
+                                a.value.as_ref().map(Val::to_json).unwrap_or(J::Null),
+                            )
+                        })
+                        .collect(),
+                )
+            } else if let Some(b) = &self.bytes_value {
+                // OTLP/JSON carries bytes as base64; the full decoder shows them as hex.
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.as_bytes())
+                    .map(|raw| J::String(hex::encode(raw)))
+                    .unwrap_or(J::Null)
+            } else {
+                J::Null
+            }
+        }
+    }
+
+    impl Span<'_> {
+        pub(super) fn has(&self, key: &str) -> bool {
+            self.attributes.iter().any(|a| a.key == key)
+        }
+
+        pub(super) fn to_stored(
+            &self,
+            service: &str,
+            keep: &(dyn Fn(&str) -> bool + Sync),
+        ) -> Result<StoredSpan, serde_json::Error> {
+            let mut attributes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            for a in self.attributes.iter().filter(|a| keep(&a.key)) {
+                let value = match a.value {
+                    Some(raw) => serde_json::from_str::<Val<'_>>(raw.get())?.to_json(),
+                    None => serde_json::Value::Null,
+                };
+                attributes.insert(a.key.to_string(), value);
+            }
+            Ok(StoredSpan {
+                trace_id: self.trace_id.to_ascii_lowercase(),
+                span_id: self.span_id.to_ascii_lowercase(),
+                parent_span_id: self.parent_span_id.to_ascii_lowercase(),
+                name: self.name.to_string(),
+                kind: kind_name(self.kind).to_owned(),
+                service: service.to_owned(),
+                start_unix_nano: self.start_time_unix_nano.unwrap_or(0).max(0) as u64,
+                end_unix_nano: self.end_time_unix_nano.unwrap_or(0).max(0) as u64,
+                status: match self.status.as_ref().map(|s| s.code) {
+                    Some(1) => "ok",
+                    Some(2) => "error",
+                    _ => "unset",
+                }
+                .to_owned(),
+                attributes,
+                events: self.events.iter().map(|e| e.name.to_string()).collect(),
+                jwt_shaped: Vec::new(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+
+    fn kv(key: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn line(trace: u8, note: &str) -> String {
+        use any_value::Value as V;
+        let span = |id: u8, parent: u8, hop: &str| Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+            name: hop.into(),
+            kind: 2,
+            start_time_unix_nano: 1_795_877_638_500_000_000 + u64::from(id),
+            end_time_unix_nano: 1_795_877_638_600_000_000,
+            attributes: vec![
+                kv("tokentrail.hop.name", V::StringValue(hop.into())),
+                kv("tokentrail.hop.index", V::IntValue(i64::from(id))),
+                kv("tokentrail.ok", V::BoolValue(true)),
+                kv("tokentrail.ratio", V::DoubleValue(0.5)),
+                kv(
+                    "tokentrail.scopes",
+                    V::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(V::StringValue("orders:read".into())),
+                        }],
+                    }),
+                ),
+                kv("app.note", V::StringValue(note.into())),
+                kv("app.bytes", V::BytesValue(vec![1, 2, 255])),
+            ],
+            events: vec![span::Event {
+                name: "rejected".into(),
+                ..Default::default()
+            }],
+            status: Some(Status {
+                code: 2,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", V::StringValue("gateway".into()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(1, 0, "runtime.inbound"), span(2, 1, "gateway.inbound")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        serde_json::to_string(&req).unwrap()
+    }
+
+    fn store(lines: &[String]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "tokentrail-scan-{}-{}.jsonl",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+
+    #[test]
+    fn fast_scan_reads_what_the_full_decoder_reads() {
+        let jwt = crate::fixtures::jwt("alice");
+        let lines: Vec<String> = (1..=40u8)
+            .map(|t| line(t, if t == 7 { jwt.as_str() } else { "plain" }))
+            .collect();
+        let path = store(&lines);
+        let full = read_store(&path).unwrap();
+        let all = ScanFilter {
+            keep: &|_| true,
+            only_with: None,
+        };
+        let fast = scan_store(&path, &all).unwrap();
+        assert_eq!(full.len(), 80);
+        assert_eq!(fast, full);
+        assert_eq!(
+            fast.iter().filter(|s| !s.jwt_shaped.is_empty()).count(),
+            2,
+            "both spans of the planted line say where"
+        );
+        let hop_attrs = ScanFilter {
+            keep: &|k| k.starts_with("tokentrail.hop."),
+            only_with: None,
+        };
+        let only_hops = scan_store(&path, &hop_attrs).unwrap();
+        assert_eq!(only_hops[0].attributes.len(), 2);
+        assert!(
+            !only_hops[13].jwt_shaped.is_empty(),
+            "found even when not kept"
+        );
+        // Only the spans of one hop, plus every span holding a JWT-shaped value.
+        let runtime_only = scan_store(
+            &path,
+            &ScanFilter {
+                keep: &|_| true,
+                only_with: Some("tokentrail.absent"),
+            },
+        )
+        .unwrap();
+        assert_eq!(runtime_only.len(), 2, "the planted line's spans only");
+        assert!(runtime_only.iter().all(|s| !s.jwt_shaped.is_empty()));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn fast_scan_names_the_bad_line() {
+        let mut lines: Vec<String> = (1..=5u8).map(|t| line(t, "x")).collect();
+        lines.insert(3, "{not json".into());
+        let path = store(&lines);
+        let all = ScanFilter {
+            keep: &|_| true,
+            only_with: None,
+        };
+        match scan_store(&path, &all) {
+            Err(OtlpError::StoreLine { line, .. }) => assert_eq!(line, 4),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}

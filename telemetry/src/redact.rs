@@ -50,6 +50,20 @@ pub fn contains_jwt(s: &str) -> bool {
     JWT.is_match(s)
 }
 
+/// A cheap test that is true whenever [`contains_jwt`] is (it looks for `e[wy]`, six or more
+/// base64url bytes and a dot, the start every match has), so that large texts run the full
+/// pattern only where it can match.
+pub fn may_contain_jwt(bytes: &[u8]) -> bool {
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    memchr::memchr_iter(b'e', bytes).any(|p| {
+        if !matches!(bytes.get(p + 1), Some(b'w' | b'y')) {
+            return false;
+        }
+        let run = bytes[p + 2..].iter().take_while(|b| b64(**b)).count();
+        run >= 6 && bytes.get(p + 2 + run) == Some(&b'.')
+    })
+}
+
 /// Every JWT-shaped substring of `s` (for leak scans).
 pub fn find_jwts(s: &str) -> Vec<&str> {
     JWT.find_iter(s).map(|m| m.as_str()).collect()
@@ -178,6 +192,18 @@ mod tests {
             let out = scrub(&text);
             prop_assert!(!out.contains(&token));
             prop_assert!(!contains_jwt(&out) || out.contains(JWT_REDACTED));
+        }
+
+        #[test]
+        fn the_quick_test_never_misses_a_jwt(
+            header in b64url(), payload in b64url(), sig in b64url(),
+            prefix in "[ -~]{0,40}", suffix in "[ -~]{0,40}", noise in "[ -~]{0,80}",
+        ) {
+            let text = format!("{prefix}eyJ{header}.{payload}.{sig}{suffix}");
+            prop_assert!(may_contain_jwt(text.as_bytes()));
+            if contains_jwt(&noise) {
+                prop_assert!(may_contain_jwt(noise.as_bytes()));
+            }
         }
 
         #[test]
