@@ -166,6 +166,45 @@ async fn demo_traces_in_xray_and_jaeger_audit_the_same() {
     assert_eq!(jaeger_ids, store_ids);
     assert_eq!(xray_ids, store_ids);
 
+    // One trace by id, from each source: the same record.
+    let one = store.keys().next().unwrap().clone();
+    let (code, json, err) = run_cli(
+        &[
+            "audit",
+            "--jaeger",
+            &jaeger_url,
+            "--trace",
+            &one,
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(identities(&json).get(&one), store.get(&one));
+    assert_eq!(identities(&json).len(), 1);
+    let (code, json, err) = run_cli(
+        &[
+            "audit",
+            "--xray",
+            "--endpoint-url",
+            moto.as_str(),
+            "--trace",
+            &one,
+            "--format",
+            "json",
+        ],
+        &aws_env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(identities(&json).get(&one), store.get(&one));
+    assert_eq!(identities(&json).len(), 1);
+    let (_, table, _) = run_cli(&["audit", "--jaeger", &jaeger_url, "--trace", &one], &[]);
+    assert!(
+        table.contains(&format!("{jaeger_url}/trace/{one}")),
+        "the table links the trace in Jaeger's UI: {table}"
+    );
+
     // A filter X-Ray cannot apply here (moto has no filter expressions) is applied client-side,
     // and the audit says so.
     xray_args.extend(["--user", "bob", "--pattern", "broker"]);

@@ -600,6 +600,17 @@ impl AwsWorker {
     /// Start the worker. The AWS configuration (region, credentials, `AWS_ENDPOINT_URL_XRAY`)
     /// comes from the standard chain, loaded on the worker's thread.
     pub fn start(timeout: Duration) -> std::io::Result<Self> {
+        Self::start_with(
+            timeout,
+            aws_config::defaults(aws_config::BehaviorVersion::latest()),
+        )
+    }
+
+    /// Start the worker with an explicit AWS configuration loader (endpoint, region, credentials).
+    pub fn start_with(
+        timeout: Duration,
+        loader: aws_config::ConfigLoader,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -607,8 +618,7 @@ impl AwsWorker {
         std::thread::Builder::new()
             .name("tokentrail-xray".into())
             .spawn(move || {
-                let config = runtime
-                    .block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+                let config = runtime.block_on(loader.load());
                 let client = aws_sdk_xray::Client::new(&config);
                 for job in rx {
                     match job {
@@ -1237,6 +1247,118 @@ mod tests {
         assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"));
         assert!(auth.contains("/us-east-1/xray/aws4_request"));
         assert!(req.headers().contains_key("x-amz-date"));
+    }
+
+    /// A PutTraceSegments endpoint answering with `answers[n]` to the n-th call (then `{}`),
+    /// recording the documents of each call.
+    fn fake_xray(answers: Vec<Value>) -> (String, Arc<Mutex<Vec<Vec<String>>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    let mut any = false;
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        any = true;
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        line.clear();
+                    }
+                    if !any {
+                        break;
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let req: Value = serde_json::from_slice(&body).unwrap();
+                    let docs: Vec<String> = req["TraceSegmentDocuments"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_str().unwrap().to_owned())
+                        .collect();
+                    let n = {
+                        let mut c = seen.lock().unwrap();
+                        c.push(docs);
+                        c.len() - 1
+                    };
+                    let answer = answers.get(n).cloned().unwrap_or(json!({})).to_string();
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                }
+            }
+        });
+        (url, calls)
+    }
+
+    fn worker(url: &str) -> AwsWorker {
+        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(url)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ));
+        AwsWorker::start_with(Duration::from_secs(5), loader).unwrap()
+    }
+
+    fn docs(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let mut s = span("server", "", &hop_attrs());
+                s.span_id = format!("{i:016x}");
+                segment_document(&s).0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unprocessed_segments_are_retried_then_accepted() {
+        let first = docs(60);
+        let unprocessed = json!({"UnprocessedTraceSegments": [
+            {"Id": "0000000000000003", "ErrorCode": "ThrottledException", "Message": "slow down"}
+        ]});
+        let (url, calls) = fake_xray(vec![unprocessed]);
+        let report = worker(&url).put(first);
+        assert_eq!(report.accepted, 60, "{report:?}");
+        assert_eq!(report.retried, 1);
+        assert_eq!(report.dropped, 0);
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 3, "50 + the retried one + the other 10");
+        assert_eq!(calls[0].len(), PUT_BATCH);
+        assert_eq!(calls[1].len(), 1);
+        assert!(calls[1][0].contains("\"id\":\"0000000000000003\""));
+        assert_eq!(calls[2].len(), 10);
+    }
+
+    #[test]
+    fn segments_unprocessed_every_time_are_counted_as_dropped_with_the_reason() {
+        let always = json!({"UnprocessedTraceSegments": [
+            {"Id": "0000000000000001", "ErrorCode": "InvalidSegment", "Message": "bad doc"}
+        ]});
+        let (url, calls) = fake_xray(vec![always.clone(), always.clone(), always]);
+        let report = worker(&url).put(docs(2));
+        assert_eq!(report.accepted, 1);
+        assert_eq!(report.dropped, 1);
+        assert_eq!(report.retried, 2);
+        assert!(
+            report.errors[0].contains("InvalidSegment") && report.errors[0].contains("bad doc"),
+            "{report:?}"
+        );
+        assert_eq!(calls.lock().unwrap().len(), PUT_ATTEMPTS);
     }
 
     #[test]
