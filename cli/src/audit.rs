@@ -312,31 +312,51 @@ pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
         }
         by_trace.entry(s.trace_id.clone()).or_default().push(s);
     }
-    let mut out: Vec<Record> = by_trace
-        .iter()
-        .filter(|(_, spans)| {
-            spans.iter().any(|s| {
-                s.attr_str(attrs::HOP_NAME)
-                    .is_some_and(|h| h != "idp.token")
-                    || jwt_shaped(s).is_some()
+    let traces: Vec<(&String, &Vec<StoredSpan>)> = by_trace.iter().collect();
+    let keep = |r: &Record| {
+        let secs = (r.start_unix_nano / 1_000_000_000) as i64;
+        filter.since.is_none_or(|s| secs >= s)
+            && filter.until.is_none_or(|u| secs < u)
+            && filter
+                .pattern
+                .as_ref()
+                .is_none_or(|p| r.pattern.as_deref() == Some(p.as_str()))
+            && filter.user.as_ref().is_none_or(|u| {
+                r.entered.subject.as_deref() == Some(u.as_str())
+                    || r.reached.as_ref().and_then(|x| x.subject.as_deref()) == Some(u.as_str())
             })
-        })
-        .map(|(id, spans)| audit_trace(id, spans))
-        .filter(|r| {
-            let secs = (r.start_unix_nano / 1_000_000_000) as i64;
-            filter.since.is_none_or(|s| secs >= s)
-                && filter.until.is_none_or(|u| secs < u)
-                && filter
-                    .pattern
-                    .as_ref()
-                    .is_none_or(|p| r.pattern.as_deref() == Some(p.as_str()))
-                && filter.user.as_ref().is_none_or(|u| {
-                    r.entered.subject.as_deref() == Some(u.as_str())
-                        || r.reached.as_ref().and_then(|x| x.subject.as_deref()) == Some(u.as_str())
+            && (!filter.violations_only || matches!(r.verdict, Verdict::Violation { .. }))
+    };
+    let audit_chunk = |chunk: &[(&String, &Vec<StoredSpan>)]| -> Vec<Record> {
+        chunk
+            .iter()
+            .filter(|(_, spans)| {
+                spans.iter().any(|s| {
+                    s.attr_str(attrs::HOP_NAME)
+                        .is_some_and(|h| h != "idp.token")
+                        || jwt_shaped(s).is_some()
                 })
-                && (!filter.violations_only || matches!(r.verdict, Verdict::Violation { .. }))
-        })
-        .collect();
+            })
+            .map(|(id, spans)| audit_trace(id, spans))
+            .filter(|r| keep(r))
+            .collect()
+    };
+    // Traces are independent: audit them on every core.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let chunk = traces.len().div_ceil(threads).max(1);
+    let mut out: Vec<Record> = std::thread::scope(|s| {
+        let handles: Vec<_> = traces
+            .chunks(chunk)
+            .map(|c| s.spawn(move || audit_chunk(c)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     out.sort_by_key(|r| r.start_unix_nano);
     // Freeing a million spans takes seconds; nothing waits for it (a CLI exits right after).
     std::thread::spawn(move || drop(by_trace));
