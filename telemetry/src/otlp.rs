@@ -332,6 +332,14 @@ pub struct ScanFilter<'a> {
 /// decoded in full to say where). Same spans, same order within a line, as [`read_store`] minus
 /// what the filter drops.
 pub fn scan_store(path: &Path, filter: &ScanFilter<'_>) -> Result<Vec<StoredSpan>, OtlpError> {
+    scan_store_in_blocks(path, filter, 64 << 20)
+}
+
+fn scan_store_in_blocks(
+    path: &Path,
+    filter: &ScanFilter<'_>,
+    block_bytes: usize,
+) -> Result<Vec<StoredSpan>, OtlpError> {
     use std::io::Read;
     let io = |source| OtlpError::Io {
         path: path.display().to_string(),
@@ -342,32 +350,50 @@ pub fn scan_store(path: &Path, filter: &ScanFilter<'_>) -> Result<Vec<StoredSpan
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 16);
-    const BLOCK: usize = 64 << 20;
-    let mut out = Vec::new();
-    let mut carry: Vec<u8> = Vec::new();
-    let mut lines_before = 0usize;
-    let mut buf = vec![0u8; BLOCK];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        let eof = n == 0;
-        carry.extend_from_slice(&buf[..n]);
-        // Parse up to the last complete line; keep the rest for the next block.
-        let end = if eof {
-            carry.len()
-        } else {
-            match carry.iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
-                None => continue,
+    let block_bytes = block_bytes.max(1);
+    // One thread reads blocks of whole lines while the others parse the previous block.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut carry: Vec<u8> = Vec::new();
+            loop {
+                let mut block = std::mem::take(&mut carry);
+                let read = (&mut file).take(block_bytes as u64).read_to_end(&mut block);
+                let eof = match read {
+                    Ok(n) => n < block_bytes,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                if !eof {
+                    // Keep the last, incomplete line for the next block.
+                    match block.iter().rposition(|b| *b == b'\n') {
+                        Some(i) => carry = block.split_off(i + 1),
+                        None => {
+                            carry = block;
+                            continue;
+                        }
+                    }
+                }
+                if !block.is_empty() && tx.send(Ok(block)).is_err() {
+                    return;
+                }
+                if eof {
+                    return;
+                }
             }
-        };
-        if end > 0 {
-            let block = &carry[..end];
+        });
+        let mut out = Vec::new();
+        let mut lines_before = 0usize;
+        for block in rx {
+            let block = block.map_err(io)?;
             // Split into one part per thread, at line boundaries.
             let mut parts = Vec::with_capacity(threads);
             let mut start = 0;
             for t in 1..=threads {
                 let mut cut = (block.len() * t / threads).max(start);
-                while cut < block.len() && block[cut - 1] != b'\n' {
+                while cut < block.len() && cut > 0 && block[cut - 1] != b'\n' {
                     cut += 1;
                 }
                 if t == threads {
@@ -395,29 +421,24 @@ pub fn scan_store(path: &Path, filter: &ScanFilter<'_>) -> Result<Vec<StoredSpan
                     })
                     .collect()
             });
-            let mut line_base = lines_before;
             for result in results {
                 match result {
                     Ok((spans, newlines)) => {
                         out.extend(spans);
-                        line_base += newlines;
+                        lines_before += newlines;
                     }
                     Err((line, source)) => {
                         return Err(OtlpError::StoreLine {
                             path: path.display().to_string(),
-                            line: line_base + line + 1,
+                            line: lines_before + line + 1,
                             source,
                         });
                     }
                 }
             }
-            lines_before = line_base;
-            carry.drain(..end);
         }
-        if eof {
-            return Ok(out);
-        }
-    }
+        Ok(out)
+    })
 }
 
 fn scan_part(
@@ -808,6 +829,14 @@ mod tests {
         let fast = scan_store(&path, &all).unwrap();
         assert_eq!(full.len(), 80);
         assert_eq!(fast, full);
+        // Blocks smaller than a line, and a few lines per block: the same spans.
+        for block in [700, 5000, 50_000] {
+            assert_eq!(
+                scan_store_in_blocks(&path, &all, block).unwrap(),
+                full,
+                "{block}"
+            );
+        }
         assert_eq!(
             fast.iter().filter(|s| !s.jwt_shaped.is_empty()).count(),
             2,
@@ -846,9 +875,11 @@ mod tests {
             keep: &|_| true,
             only_with: None,
         };
-        match scan_store(&path, &all) {
-            Err(OtlpError::StoreLine { line, .. }) => assert_eq!(line, 4),
-            other => panic!("{other:?}"),
+        for block in [700, 3000, 64 << 20] {
+            match scan_store_in_blocks(&path, &all, block) {
+                Err(OtlpError::StoreLine { line, .. }) => assert_eq!(line, 4, "{block}"),
+                other => panic!("{other:?}"),
+            }
         }
         let _ = std::fs::remove_file(path);
     }
