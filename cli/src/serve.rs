@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
+use lambda_front::env;
 use telemetry::{Service, TelemetryConfig};
 use tokio::io::AsyncReadExt;
 
@@ -51,27 +52,19 @@ impl HopName {
     }
 }
 
-fn env(name: &str) -> Result<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .with_context(|| format!("missing environment variable {name}"))
+/// A variable's value, or `default` when unset or blank.
+fn or(name: &str, default: &str) -> String {
+    env::opt(name).unwrap_or_else(|| default.to_owned())
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn list(name: &str, default: &str) -> Vec<String> {
-    env_or(name, default)
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+/// A comma-separated list, or `[default]` when unset or empty.
+fn list_or(name: &str, default: &str) -> Vec<String> {
+    let values = env::list(name);
+    if values.is_empty() {
+        vec![default.to_owned()]
+    } else {
+        values
+    }
 }
 
 async fn build_router(hop: HopName, base: &str) -> Result<Router> {
@@ -85,7 +78,7 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
                 }
                 _ => local::idp::IdpConfig::default_config()?,
             };
-            let issuer = env_or("TOKENTRAIL_IDP_ISSUER", base);
+            let issuer = or("TOKENTRAIL_IDP_ISSUER", base);
             local::idp::router(local::idp::Idp::new(issuer, cfg)?)
         }
         HopName::Target => target::front::router(target::TargetConfig::from_env()?.deps()?),
@@ -101,16 +94,16 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
         }
         HopName::Agent => agent::front::router(agent::Deps::new(agent::AgentConfig::from_env()?)?),
         HopName::Runtime => {
-            let allow = list(
+            let allow = list_or(
                 "TOKENTRAIL_RUNTIME_ALLOWLIST",
                 "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken",
             );
             let cfg = local::runtime::RuntimeConfig {
-                name: env_or("TOKENTRAIL_RUNTIME_NAME", "tokentrail_agent"),
+                name: or("TOKENTRAIL_RUNTIME_NAME", "tokentrail_agent"),
                 allowlist: local::runtime::Allowlist::new(&allow, false)?,
-                agent_url: env("TOKENTRAIL_AGENT_URL")?,
+                agent_url: env::required("TOKENTRAIL_AGENT_URL")?,
                 credential_header: Some(
-                    env_or(
+                    or(
                         "TOKENTRAIL_RUNTIME_USER_HEADER",
                         "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken",
                     )
@@ -121,9 +114,9 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
             local::runtime::router(cfg)?
         }
         HopName::Gateway => {
-            let issuer = env("TOKENTRAIL_ISSUER")?;
-            let target_url = env("TOKENTRAIL_TARGET_URL")?;
-            let target_name = env_or("TOKENTRAIL_TARGET_NAME", "orders");
+            let issuer = env::required("TOKENTRAIL_ISSUER")?;
+            let target_url = env::required("TOKENTRAIL_TARGET_URL")?;
+            let target_name = or("TOKENTRAIL_TARGET_NAME", "orders");
             let openapi: serde_json::Value = match std::env::var("TOKENTRAIL_TARGET_OPENAPI") {
                 Ok(path) if !path.is_empty() => serde_json::from_str(
                     &std::fs::read_to_string(&path)
@@ -136,37 +129,31 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
                     .await
                     .context("the target's OpenAPI description is not JSON")?,
             };
-            let allowed_headers = match std::env::var("TOKENTRAIL_TARGET_ALLOWED_HEADERS") {
-                Ok(v) if !v.is_empty() => local::gateway::validate_allowed_headers(&list(
-                    "TOKENTRAIL_TARGET_ALLOWED_HEADERS",
-                    "",
-                ))?,
-                _ => Vec::new(),
+            let allowed_headers = match env::list("TOKENTRAIL_TARGET_ALLOWED_HEADERS") {
+                names if names.is_empty() => Vec::new(),
+                names => local::gateway::validate_allowed_headers(&names)?,
             };
-            let _ = &allowed_headers;
             let interceptor = match std::env::var("TOKENTRAIL_INTERCEPTOR_INVOKE_URL") {
                 Ok(url) if !url.is_empty() => Some(local::gateway::InterceptorConfig {
                     invoke_url: url,
-                    pass_request_headers: env_or("TOKENTRAIL_PASS_REQUEST_HEADERS", "true")
-                        == "true",
-                    timeout: Duration::from_millis(
-                        env_or("TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS", "5000")
-                            .parse()
-                            .context("TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS must be milliseconds")?,
-                    ),
+                    pass_request_headers: or("TOKENTRAIL_PASS_REQUEST_HEADERS", "true") == "true",
+                    timeout: Duration::from_millis(env::number(
+                        "TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS",
+                        5000,
+                    )?),
                 }),
                 _ => None,
             };
             let cfg = local::gateway::GatewayConfig {
                 public_url: base.to_owned(),
-                discovery_url: env_or(
+                discovery_url: or(
                     "TOKENTRAIL_DISCOVERY_URL",
                     &format!("{issuer}/.well-known/openid-configuration"),
                 ),
                 issuer,
-                allowed_audience: list("TOKENTRAIL_GATEWAY_AUDIENCE", "gateway"),
-                allowed_clients: list("TOKENTRAIL_GATEWAY_ALLOWED_CLIENTS", "tokentrail-agent"),
-                allowed_scopes: list("TOKENTRAIL_GATEWAY_SCOPES", "gateway:invoke"),
+                allowed_audience: list_or("TOKENTRAIL_GATEWAY_AUDIENCE", "gateway"),
+                allowed_clients: list_or("TOKENTRAIL_GATEWAY_ALLOWED_CLIENTS", "tokentrail-agent"),
+                allowed_scopes: list_or("TOKENTRAIL_GATEWAY_SCOPES", "gateway:invoke"),
                 interceptor,
                 tools: local::gateway::tools_from_openapi(&target_name, &openapi)?,
                 target_name,
