@@ -201,8 +201,17 @@ impl App {
         spec: &CallSpec,
         token: SecretString,
     ) -> Result<CallResult> {
-        self.call_with_token_under(spec, token, &TraceContext::none())
-            .await
+        self.call_prepared(spec, Some(token)).await
+    }
+
+    /// Send one request with a token prepared earlier, or none (no login).
+    pub async fn call_prepared(
+        &self,
+        spec: &CallSpec,
+        token: Option<SecretString>,
+    ) -> Result<CallResult> {
+        let span = HopSpan::hop(Hop::App, self.endpoints.pattern, &TraceContext::none());
+        self.send(span, spec, token, Instant::now()).await
     }
 
     /// As [`App::call_with_token`], under a given parent (e.g. an unsampled one).
@@ -300,7 +309,7 @@ impl App {
 }
 
 /// Change the payload's `sub` and keep header and signature.
-fn tamper(token: &SecretString) -> Result<SecretString> {
+pub(crate) fn tamper(token: &SecretString) -> Result<SecretString> {
     let parts: Vec<&str> = token.expose_secret().split('.').collect();
     if parts.len() != 3 {
         bail!("the IdP returned a token that is not a JWS");
@@ -355,14 +364,8 @@ pub fn describe(r: &CallResult) -> String {
 /// Header line for [`describe`].
 pub const TABLE_HEADER: &str = "user   token           outcome   stopped at           reason               http  latency    trace id";
 
-/// `tokentrail call`.
-pub async fn call_command(
-    out: &Path,
-    pattern: Pattern,
-    user: &str,
-    order: Option<String>,
-    fault: Option<TokenFault>,
-) -> Result<ExitCode> {
+/// The endpoints of a stack `tokentrail up --pattern PATTERN --out OUT` is running.
+pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
     let path = crate::stack::stack_file(out, pattern);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -371,8 +374,19 @@ pub async fn call_command(
             out.display()
         )
     })?;
-    let endpoints: Endpoints = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a stack description", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a stack description", path.display()))
+}
+
+/// `tokentrail call`.
+pub async fn call_command(
+    out: &Path,
+    pattern: Pattern,
+    user: &str,
+    order: Option<String>,
+    fault: Option<TokenFault>,
+) -> Result<ExitCode> {
+    let endpoints = running_stack(out, pattern)?;
     let telemetry = crate::stack::init_app_telemetry(&endpoints)?;
     let app = App::new(endpoints)?;
     let spec = CallSpec {

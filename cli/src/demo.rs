@@ -27,7 +27,8 @@ pub enum Patterns {
 }
 
 impl Patterns {
-    fn list(self) -> Vec<Pattern> {
+    /// The patterns, in order.
+    pub fn list(self) -> Vec<Pattern> {
         match self {
             Patterns::Passthrough => vec![Pattern::Passthrough],
             Patterns::Broker => vec![Pattern::Broker],

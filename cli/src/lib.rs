@@ -12,6 +12,7 @@ pub mod app;
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod load;
 pub mod serve;
 pub mod sources;
 pub mod stack;
@@ -105,6 +106,37 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "both")]
         pattern: demo::Patterns,
         /// Run the broker pattern with this fault.
+        #[arg(long, value_enum)]
+        broker_fault: Option<stack::BrokerFault>,
+    },
+    /// Load one or both patterns (open or closed loop) and measure latency and failure points.
+    Load {
+        /// Start the local stack(s) for the run (otherwise use the ones `tokentrail up --out
+        /// OUT` runs).
+        #[arg(long)]
+        local: bool,
+        /// Span store, logs and load.json (and, without --local, the running stacks' files).
+        #[arg(long, default_value = "tokentrail-out")]
+        out: PathBuf,
+        /// Which pattern(s); `both` interleaves them request by request.
+        #[arg(long, value_enum, default_value = "both")]
+        pattern: demo::Patterns,
+        /// Open loop: requests per second, in total over the patterns [default: 100].
+        #[arg(long, conflicts_with = "concurrency")]
+        rate: Option<f64>,
+        /// Closed loop: this many workers instead of a fixed rate.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Measured duration (30s, 2m, 500ms).
+        #[arg(long, default_value = "30s", value_parser = load::parse_duration)]
+        duration: std::time::Duration,
+        /// Warm-up before it: sent and traced, not measured.
+        #[arg(long, default_value = "5s", value_parser = load::parse_duration)]
+        warmup: std::time::Duration,
+        /// Token faults as fractions: expired=0.02,tampered=0.01,missing=0.01,wrong-audience=0.01.
+        #[arg(long, default_value = "")]
+        faults: load::FaultMix,
+        /// Run the local broker stack with this fault.
         #[arg(long, value_enum)]
         broker_fault: Option<stack::BrokerFault>,
     },
@@ -203,6 +235,40 @@ pub fn main() -> ExitCode {
                 pattern,
                 broker_fault,
             } => demo::run(&out, requests, pattern, broker_fault).await,
+            Command::Load {
+                local,
+                out,
+                pattern,
+                rate,
+                concurrency,
+                duration,
+                warmup,
+                faults,
+                broker_fault,
+            } => {
+                async {
+                    let opts = load::LoadOptions {
+                        out: out.clone(),
+                        local,
+                        patterns: pattern.list(),
+                        mode: match concurrency {
+                            Some(c) => load::Mode::Closed { concurrency: c },
+                            None => load::Mode::Open {
+                                rate: rate.unwrap_or(100.0),
+                            },
+                        },
+                        duration,
+                        warmup,
+                        faults,
+                        broker_fault,
+                        binary: None,
+                    };
+                    let doc = load::run(&opts).await?;
+                    load::print_summary(&doc, &out);
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                .await
+            }
             Command::Audit {
                 store,
                 jaeger,

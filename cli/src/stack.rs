@@ -66,6 +66,27 @@ pub struct StackOptions {
     /// that forwards to the target; the gateway then reads the OpenAPI description from the
     /// target's own constant instead of fetching it).
     pub gateway_target_url: Option<String>,
+    /// Join another stack's collector and fingerprint key instead of starting a collector
+    /// (two patterns running side by side, one span store, matching fingerprints).
+    pub shared: Option<SharedTelemetry>,
+}
+
+/// A running stack's collector and fingerprint key, for a second stack to join.
+#[derive(Clone)]
+pub struct SharedTelemetry {
+    /// The collector.
+    pub collector: Arc<local::collector::Collector>,
+    /// Its base URL.
+    pub url: String,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for SharedTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTelemetry")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Faults of the broker pattern the stack can run with.
@@ -223,6 +244,7 @@ impl StackOptions {
             pattern: Pattern::Passthrough,
             broker_fault: None,
             gateway_target_url: None,
+            shared: None,
         })
     }
 }
@@ -262,8 +284,10 @@ pub struct Stack {
     /// The collector.
     pub collector: Arc<local::collector::Collector>,
     children: Vec<Running>,
-    collector_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// `None` when the stack joined another's collector.
+    collector_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     aws: Option<LocalAws>,
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for Stack {
@@ -365,16 +389,29 @@ impl Stack {
     pub async fn start(opts: &StackOptions) -> Result<Self> {
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create {}", opts.out.display()))?;
-        let collector = local::collector::Collector::open(&opts.out, opts.forward_to.clone())
-            .await
-            .with_context(|| format!("cannot open the span store in {}", opts.out.display()))?;
-        let (caddr, collector_task) = local::serve(
-            local::collector::router(collector.clone()),
-            ([127, 0, 0, 1], 0).into(),
-        )
-        .await?;
-        let collector_url = format!("http://{caddr}");
-        let key: [u8; 32] = rand::random();
+        let (collector, collector_url, collector_task, key) = match &opts.shared {
+            Some(shared) => (
+                shared.collector.clone(),
+                shared.url.clone(),
+                None,
+                shared.key,
+            ),
+            None => {
+                let collector =
+                    local::collector::Collector::open(&opts.out, opts.forward_to.clone())
+                        .await
+                        .with_context(|| {
+                            format!("cannot open the span store in {}", opts.out.display())
+                        })?;
+                let (caddr, task) = local::serve(
+                    local::collector::router(collector.clone()),
+                    ([127, 0, 0, 1], 0).into(),
+                )
+                .await?;
+                let key: [u8; 32] = rand::random();
+                (collector, format!("http://{caddr}"), Some(task), key)
+            }
+        };
         let mut env = BTreeMap::new();
         env.insert(
             "TOKENTRAIL_COLLECTOR_ENDPOINT".to_owned(),
@@ -527,7 +564,17 @@ impl Stack {
             children,
             collector_task,
             aws,
+            key,
         })
+    }
+
+    /// This stack's collector and fingerprint key, for another stack to join.
+    pub fn shared_telemetry(&self) -> SharedTelemetry {
+        SharedTelemetry {
+            collector: self.collector.clone(),
+            url: self.endpoints.collector.clone(),
+            key: self.key,
+        }
     }
 
     /// Every secret this stack handed out (for leak scans): the service client's secret, the
@@ -580,7 +627,9 @@ impl Stack {
         }
         // Give the last exports a moment to land, then stop the collector.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.collector_task.abort();
+        if let Some(task) = &self.collector_task {
+            task.abort();
+        }
         if let Some(aws) = self.aws.take() {
             aws.stop();
         }

@@ -1,0 +1,112 @@
+//! `tokentrail load` as a user runs it: both patterns interleaved on the local stacks with a fault
+//! mix for ten seconds. The counts reconcile: requests sent = outcomes in `load.json` (warm-up
+//! plus measured) = requests the audit finds in the span store, per pattern; none is lost.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+#[test]
+fn a_ten_second_load_of_both_patterns_reconciles() {
+    let out = support::tempdir("load");
+    let run = std::process::Command::new(support::bin())
+        .args([
+            "load",
+            "--local",
+            "--pattern",
+            "both",
+            "--rate",
+            "30",
+            "--duration",
+            "10s",
+            "--warmup",
+            "1s",
+            "--faults",
+            "expired=0.05,tampered=0.05,missing=0.05,wrong-audience=0.05",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("load runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("p99 ms") && stdout.contains("load.json"),
+        "{stdout}"
+    );
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap();
+    assert_eq!(doc["mode"], "open");
+    assert!(doc["command"].as_str().unwrap().contains("--rate 30"));
+    let mut sent = BTreeMap::new();
+    let mut total = 0;
+    for pattern in ["passthrough", "broker"] {
+        let p = &doc["patterns"][pattern];
+        let (s, w, m) = (
+            p["sent"].as_u64().unwrap(),
+            p["warmup"].as_u64().unwrap(),
+            p["measured"].as_u64().unwrap(),
+        );
+        let o = &p["outcomes"];
+        assert_eq!(s, w + m, "{pattern}: sent = warm-up + measured");
+        assert_eq!(
+            m,
+            o["ok"].as_u64().unwrap()
+                + o["rejected"].as_u64().unwrap()
+                + o["error"].as_u64().unwrap(),
+            "{pattern}: every measured request has an outcome"
+        );
+        assert_eq!(o["error"], 0, "{pattern}: {p}");
+        assert!(
+            o["rejected"].as_u64().unwrap() > 0,
+            "the fault mix is rejected somewhere"
+        );
+        let rejections: u64 = p["rejections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(rejections, o["rejected"].as_u64().unwrap());
+        let lat = &p["latency"];
+        assert_eq!(lat["count"].as_u64().unwrap(), m);
+        assert!(lat["p50_ms"].as_f64().unwrap() <= lat["p99_ms"].as_f64().unwrap());
+        assert!(lat["p99_ms"].as_f64().unwrap() <= lat["max_ms"].as_f64().unwrap());
+        sent.insert(pattern.to_owned(), s);
+        total += s;
+    }
+    // 11 s at 30/s, interleaved: 330 requests, half per pattern.
+    assert_eq!(total, 330);
+    assert_eq!(sent["passthrough"], 165);
+
+    // The span store holds exactly those requests, each ending at the target or a rejection.
+    let audit = std::process::Command::new(support::bin())
+        .args(["audit", "--format", "json", "--store"])
+        .arg(&out)
+        .output()
+        .expect("audit runs");
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+    let records: Vec<Value> = serde_json::from_slice(&audit.stdout).unwrap();
+    let mut in_store: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &records {
+        assert_ne!(r["verdict"], "violation", "{r}");
+        *in_store
+            .entry(r["pattern"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        in_store, sent,
+        "requests in the store = requests sent, per pattern"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
