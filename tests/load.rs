@@ -110,3 +110,55 @@ fn a_ten_second_load_of_both_patterns_reconciles() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+fn load(out: &std::path::Path, pacing: &[&str]) -> Value {
+    let mut args = vec![
+        "load",
+        "--local",
+        "--pattern",
+        "passthrough",
+        "--duration",
+        "6s",
+        "--warmup",
+        "1s",
+        "--stall",
+        "runtime=500ms",
+    ];
+    args.extend_from_slice(pacing);
+    let run = std::process::Command::new(support::bin())
+        .args(&args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("load runs");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap();
+    doc["patterns"]["passthrough"]["latency"].clone()
+}
+
+/// The runtime stalls once for 500 ms. Open loop, every request due during the stall waits and
+/// its latency counts from when it was due, so p99 shows the stall; a closed loop sends nothing
+/// while it waits, so only one request sees it and p99 hides it (only max shows it).
+#[test]
+fn open_loop_p99_shows_a_stall_that_a_closed_loop_hides() {
+    let dir = support::tempdir("load-stall");
+    let open = load(&dir.join("open"), &["--rate", "40"]);
+    let closed = load(&dir.join("closed"), &["--concurrency", "1"]);
+    let p = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    assert!(p(&open, "p99_ms") >= 250.0, "open loop: {open}");
+    assert!(
+        p(&closed, "max_ms") >= 450.0,
+        "the stall happened: {closed}"
+    );
+    assert!(
+        p(&closed, "p99_ms") < 250.0,
+        "closed loop hides it: {closed}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

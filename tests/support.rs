@@ -47,6 +47,7 @@ pub fn stack_options(out: &Path, forward_to: Option<String>) -> StackOptions {
         pattern: telemetry::Pattern::Passthrough,
         broker_fault: None,
         gateway_target_url: None,
+        hop_env: Vec::new(),
         shared: None,
     }
 }

@@ -139,6 +139,10 @@ pub enum Command {
         /// Run the local broker stack with this fault.
         #[arg(long, value_enum)]
         broker_fault: Option<stack::BrokerFault>,
+        /// Stall a hop once, halfway through the measured period: HOP=DURATION (runtime=500ms);
+        /// every request arriving during the stall waits for it.
+        #[arg(long, value_parser = load::parse_stall_arg)]
+        stall: Option<(serve::HopName, std::time::Duration)>,
     },
     /// Which identity reached the target, per request, with a verdict (exit 1 on a violation).
     Audit {
@@ -245,6 +249,7 @@ pub fn main() -> ExitCode {
                 warmup,
                 faults,
                 broker_fault,
+                stall,
             } => {
                 async {
                     let opts = load::LoadOptions {
@@ -262,6 +267,7 @@ pub fn main() -> ExitCode {
                         faults,
                         broker_fault,
                         binary: None,
+                        stall,
                     };
                     let doc = load::run(&opts).await?;
                     load::print_summary(&doc, &out);

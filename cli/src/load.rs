@@ -25,6 +25,7 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 
 use crate::app::{App, CallSpec, Outcome, TokenFault, first_order, tamper};
+use crate::serve::HopName;
 use crate::stack::{BrokerFault, Stack, StackOptions};
 
 /// The users requests are sent as (each reads an order of their own).
@@ -132,6 +133,19 @@ pub struct LoadOptions {
     pub broker_fault: Option<BrokerFault>,
     /// The `tokentrail` binary for the hops (default: this executable).
     pub binary: Option<PathBuf>,
+    /// Stall this hop once, for this long, halfway through the measured period (local only).
+    pub stall: Option<(HopName, Duration)>,
+}
+
+/// `HOP=DURATION` (`runtime=500ms`).
+pub fn parse_stall_arg(s: &str) -> Result<(HopName, Duration), String> {
+    let (hop, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected HOP=DURATION, e.g. runtime=500ms"))?;
+    let hop = <HopName as clap::ValueEnum>::from_str(hop.trim(), true).map_err(|_| {
+        format!("`{hop}`: unknown hop (idp, runtime, agent, gateway, interceptor, broker, target)")
+    })?;
+    Ok((hop, parse_duration(d)?))
 }
 
 /// `1s`, `500ms`, `2m`, or a number of seconds.
@@ -394,6 +408,9 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
     if opts.broker_fault.is_some() && !(opts.local && opts.patterns.contains(&Pattern::Broker)) {
         bail!("--broker-fault needs --local and the broker pattern");
     }
+    if opts.stall.is_some() && !opts.local {
+        bail!("--stall needs --local (the stack is started with the fault)");
+    }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
 
@@ -413,6 +430,16 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
                 None
             };
             so.shared = stacks.first().map(Stack::shared_telemetry);
+            if let Some((hop, stall)) = opts.stall {
+                // Halfway through the measured period, counted from the hop's first request
+                // (the first request of the warm-up).
+                let after = opts.warmup + opts.duration / 2;
+                so.hop_env.push((
+                    hop,
+                    crate::serve::STALL_ENV.to_owned(),
+                    format!("{}ms@{}ms", stall.as_millis(), after.as_millis()),
+                ));
+            }
             eprintln!("load: starting the local {p} stack");
             let stack = Stack::start(&so).await?;
             endpoints.push(stack.endpoints.clone());
@@ -589,6 +616,7 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
         "warmup_s": opts.warmup.as_secs_f64(),
         "faults": opts.faults.to_json(),
         "broker_fault": opts.broker_fault.map(|f| format!("{f:?}").to_ascii_lowercase()),
+        "stall": opts.stall.map(|(h, d)| json!({"hop": h.as_str(), "ms": d.as_millis() as u64})),
         "patterns": patterns,
         "store": opts.out.join("traces.jsonl"),
     }))
@@ -689,5 +717,16 @@ mod tests {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(
+            parse_stall_arg("runtime=500ms").unwrap(),
+            (HopName::Runtime, Duration::from_millis(500))
+        );
+        assert!(parse_stall_arg("nowhere=1s").is_err());
+        assert!(parse_stall_arg("runtime").is_err());
+        assert_eq!(
+            crate::serve::parse_stall("500ms@4s").unwrap(),
+            (Duration::from_millis(500), Duration::from_secs(4))
+        );
+        assert!(crate::serve::parse_stall("500ms").is_err());
     }
 }

@@ -212,6 +212,55 @@ fn check_pattern() -> Result<()> {
         .with_context(|| format!("invalid {}", telemetry::attrs::PATTERN_ENV))
 }
 
+/// Fault injection for load tests: `TOKENTRAIL_STALL_ONCE=500ms@4s` stalls the whole hop once
+/// for 500 ms, 4 s after its first request: every request arriving meanwhile waits until the
+/// stall ends (a pause, as a GC or a frozen sandbox would cause).
+pub const STALL_ENV: &str = "TOKENTRAIL_STALL_ONCE";
+
+/// Parse `DURATION@AFTER` (`500ms@4s`).
+pub fn parse_stall(v: &str) -> Result<(Duration, Duration)> {
+    let (d, at) = v
+        .split_once('@')
+        .with_context(|| format!("{STALL_ENV}=`{v}`: expected DURATION@AFTER, e.g. 500ms@4s"))?;
+    let d = crate::load::parse_duration(d).map_err(|e| anyhow::anyhow!("{STALL_ENV}: {e}"))?;
+    let at = crate::load::parse_duration(at).map_err(|e| anyhow::anyhow!("{STALL_ENV}: {e}"))?;
+    Ok((d, at))
+}
+
+#[derive(Default)]
+struct StallState {
+    first: Option<tokio::time::Instant>,
+    until: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+fn with_stall(router: Router, stall: Duration, after: Duration) -> Router {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(StallState::default()));
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let state = state.clone();
+            async move {
+                let now = tokio::time::Instant::now();
+                let wait = match state.lock() {
+                    Ok(mut s) => {
+                        let first = *s.first.get_or_insert(now);
+                        if !s.done && now >= first + after {
+                            s.done = true;
+                            s.until = Some(now + stall);
+                        }
+                        s.until.filter(|u| *u > now)
+                    }
+                    Err(_) => None,
+                };
+                if let Some(until) = wait {
+                    tokio::time::sleep_until(until).await;
+                }
+                next.run(req).await
+            }
+        },
+    ))
+}
+
 /// Run `hop` until stopped.
 pub async fn run(hop: HopName, port: u16) -> Result<()> {
     check_pattern()?;
@@ -225,6 +274,14 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
     let router = match build_router(hop, &base).await {
         Ok(r) => r,
         Err(e) => bail!("{}: configuration error: {e:#}", hop.as_str()),
+    };
+    let router = match env::opt(STALL_ENV) {
+        Some(v) => {
+            let (stall, after) = parse_stall(&v)
+                .map_err(|e| anyhow::anyhow!("{}: configuration error: {e:#}", hop.as_str()))?;
+            with_stall(router, stall, after)
+        }
+        None => router,
     };
     println!("READY {} {base}", hop.as_str());
     tracing::info!(hop = hop.as_str(), url = %base, exporters = ?telemetry.exporters(), "listening");

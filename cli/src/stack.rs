@@ -66,6 +66,8 @@ pub struct StackOptions {
     /// that forwards to the target; the gateway then reads the OpenAPI description from the
     /// target's own constant instead of fetching it).
     pub gateway_target_url: Option<String>,
+    /// Environment for one hop only (after every other).
+    pub hop_env: Vec<(HopName, String, String)>,
     /// Join another stack's collector and fingerprint key instead of starting a collector
     /// (two patterns running side by side, one span store, matching fingerprints).
     pub shared: Option<SharedTelemetry>,
@@ -244,6 +246,7 @@ impl StackOptions {
             pattern: Pattern::Passthrough,
             broker_fault: None,
             gateway_target_url: None,
+            hop_env: Vec::new(),
             shared: None,
         })
     }
@@ -378,6 +381,11 @@ async fn start_hop(
     let mut env = base.clone();
     for (k, v) in extra {
         env.insert((*k).to_owned(), v.clone());
+    }
+    for (h, k, v) in &opts.hop_env {
+        if *h == hop {
+            env.insert(k.clone(), v.clone());
+        }
     }
     let (running, url) = spawn_hop(opts, hop, &env).await?;
     children.push(running);
