@@ -143,6 +143,10 @@ pub enum Command {
         /// every request arriving during the stall waits for it.
         #[arg(long, value_parser = load::parse_stall_arg)]
         stall: Option<(serve::HopName, std::time::Duration)>,
+        /// Instead of the patterns, plain GETs to this URL (to compare the generator with other
+        /// tools on a trivial endpoint).
+        #[arg(long, conflicts_with_all = ["local", "stall", "broker_fault", "faults"])]
+        url: Option<String>,
     },
     /// Which identity reached the target, per request, with a verdict (exit 1 on a violation).
     Audit {
@@ -250,12 +254,17 @@ pub fn main() -> ExitCode {
                 faults,
                 broker_fault,
                 stall,
+                url,
             } => {
                 async {
                     let opts = load::LoadOptions {
                         out: out.clone(),
                         local,
-                        patterns: pattern.list(),
+                        patterns: if url.is_some() {
+                            Vec::new()
+                        } else {
+                            pattern.list()
+                        },
                         mode: match concurrency {
                             Some(c) => load::Mode::Closed { concurrency: c },
                             None => load::Mode::Open {
@@ -268,6 +277,7 @@ pub fn main() -> ExitCode {
                         broker_fault,
                         binary: None,
                         stall,
+                        url,
                     };
                     let doc = load::run(&opts).await?;
                     load::print_summary(&doc, &out);

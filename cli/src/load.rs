@@ -135,6 +135,8 @@ pub struct LoadOptions {
     pub binary: Option<PathBuf>,
     /// Stall this hop once, for this long, halfway through the measured period (local only).
     pub stall: Option<(HopName, Duration)>,
+    /// Instead of the patterns: plain GETs to this URL (to calibrate the generator).
+    pub url: Option<String>,
 }
 
 /// `HOP=DURATION` (`runtime=500ms`).
@@ -204,9 +206,19 @@ async fn fetch_tokens(app: &App) -> Result<Tokens> {
 
 /// One pattern under load.
 struct Target {
-    pattern: Pattern,
-    app: App,
-    tokens: RwLock<Tokens>,
+    /// `passthrough`, `broker`, or `url`.
+    name: String,
+    kind: TargetKind,
+}
+
+enum TargetKind {
+    /// The app's request through a pattern's stack.
+    Stack {
+        app: Box<App>,
+        tokens: RwLock<Tokens>,
+    },
+    /// A plain GET (calibrating the generator against other tools).
+    Url { http: reqwest::Client, url: String },
 }
 
 /// What one pattern's requests did.
@@ -286,6 +298,19 @@ fn record(shared: &Mutex<Shared>, p: usize, measured: bool, ended: Ended, latenc
 }
 
 async fn one(target: &Target, i: u64, n_patterns: u64, faults: &FaultMix) -> Ended {
+    let (app, tokens) = match &target.kind {
+        TargetKind::Stack { app, tokens } => (app, tokens),
+        TargetKind::Url { http, url } => {
+            return match http.get(url).send().await {
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(_) => Ended::Ok,
+                    Err(e) => Ended::Error(format!("reading the body: {e}")),
+                },
+                Ok(r) => Ended::Error(format!("HTTP {}", r.status().as_u16())),
+                Err(e) => Ended::Error(format!("{e}")),
+            };
+        }
+    };
     let u = ((i / n_patterns) % USERS.len() as u64) as usize;
     let user = USERS[u];
     let fault = faults.pick(rand::random::<f64>());
@@ -295,14 +320,8 @@ async fn one(target: &Target, i: u64, n_patterns: u64, faults: &FaultMix) -> End
         arguments: json!({"orderId": first_order(user)}),
         fault,
     };
-    let token = target
-        .tokens
-        .read()
-        .await
-        .get(&(u, fault))
-        .cloned()
-        .flatten();
-    match target.app.call_prepared(&spec, token).await {
+    let token = tokens.read().await.get(&(u, fault)).cloned().flatten();
+    match app.call_prepared(&spec, token).await {
         Ok(r) => match r.outcome {
             Outcome::Ok => Ended::Ok,
             Outcome::Rejected { hop, reason } => {
@@ -392,8 +411,11 @@ impl Progress {
 
 /// Run the load; returns the `load.json` document (also written to `OUT/load.json`).
 pub async fn run(opts: &LoadOptions) -> Result<Value> {
-    if opts.patterns.is_empty() {
+    if opts.patterns.is_empty() && opts.url.is_none() {
         bail!("no pattern to load");
+    }
+    if opts.url.is_some() && (opts.local || !opts.patterns.is_empty()) {
+        bail!("--url loads that URL alone: no --local, no --pattern");
     }
     match opts.mode {
         Mode::Open { rate } if !(rate > 0.0 && rate.is_finite()) => {
@@ -461,7 +483,10 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
 
 async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Result<Value> {
     let started_at = auth::iam::epoch_to_rfc3339(auth::iam::now_epoch());
-    let telemetry = crate::stack::init_app_telemetry(&endpoints[0])?;
+    let telemetry = match endpoints.first() {
+        Some(e) => Some(crate::stack::init_app_telemetry(e)?),
+        None => None,
+    };
     let mut targets = Vec::new();
     for e in endpoints {
         let app = App::new(e.clone())?;
@@ -469,9 +494,22 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
             .await
             .with_context(|| format!("cannot obtain tokens from the {} stack's IdP", e.pattern))?;
         targets.push(Arc::new(Target {
-            pattern: e.pattern,
-            app,
-            tokens: RwLock::new(tokens),
+            name: e.pattern.as_str().to_owned(),
+            kind: TargetKind::Stack {
+                app: Box::new(app),
+                tokens: RwLock::new(tokens),
+            },
+        }));
+    }
+    if let Some(url) = &opts.url {
+        targets.push(Arc::new(Target {
+            name: "url".into(),
+            kind: TargetKind::Url {
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()?,
+                url: url.clone(),
+            },
         }));
     }
     let shared = Arc::new(Mutex::new(Shared {
@@ -485,8 +523,10 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
             loop {
                 tokio::time::sleep(TOKEN_RENEWAL).await;
                 for t in &targets {
-                    if let Ok(fresh) = fetch_tokens(&t.app).await {
-                        *t.tokens.write().await = fresh;
+                    if let TargetKind::Stack { app, tokens } = &t.kind
+                        && let Ok(fresh) = fetch_tokens(app).await
+                    {
+                        *tokens.write().await = fresh;
                     }
                 }
             }
@@ -560,7 +600,9 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
         eprintln!();
     }
     renewer.abort();
-    telemetry.flush(Duration::from_secs(5)).await;
+    if let Some(t) = &telemetry {
+        t.flush(Duration::from_secs(5)).await;
+    }
 
     let sh = shared
         .lock()
@@ -578,7 +620,7 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
             .map(|(m, c)| json!({"message": telemetry::redact::scrub(m), "count": c}))
             .collect();
         patterns.insert(
-            t.pattern.as_str().to_owned(),
+            t.name.clone(),
             json!({
                 "sent": st.sent,
                 "warmup": st.sent - st.measured,
