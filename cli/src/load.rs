@@ -258,10 +258,10 @@ enum Ended {
 }
 
 impl Ended {
-    fn label(&self) -> String {
+    fn label(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Ended::Ok => "ok".into(),
-            Ended::Rejected(hop, reason) => format!("rejected {hop} {reason}"),
+            Ended::Rejected(hop, reason) => format!("rejected {hop} {reason}").into(),
             Ended::Error(_) => "error".into(),
         }
     }
@@ -281,14 +281,16 @@ fn record(shared: &Mutex<Shared>, p: usize, measured: bool, ended: Ended, latenc
     }
     st.measured += 1;
     st.all.saturating_record(us);
+    // The hot path (a known outcome) allocates nothing.
     let label = ended.label();
-    if !st.by_outcome.contains_key(&label)
-        && let Ok(h) = histogram()
-    {
-        st.by_outcome.insert(label.clone(), h);
-    }
-    if let Some(h) = st.by_outcome.get_mut(&label) {
-        h.saturating_record(us);
+    match st.by_outcome.get_mut(label.as_ref()) {
+        Some(h) => h.saturating_record(us),
+        None => {
+            if let Ok(mut h) = histogram() {
+                h.saturating_record(us);
+                st.by_outcome.insert(label.into_owned(), h);
+            }
+        }
     }
     match ended {
         Ended::Ok => st.ok += 1,
