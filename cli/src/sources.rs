@@ -34,10 +34,6 @@ fn window(filter: &Filter, now: i64) -> (i64, i64) {
     (since, until)
 }
 
-fn rfc3339(secs: i64) -> String {
-    auth::iam::epoch_to_rfc3339(secs)
-}
-
 /// Read the local store (a directory holding `traces.jsonl`, or the file).
 pub fn store(path: &Path) -> Result<Fetched> {
     let file = if path.is_dir() {
@@ -224,8 +220,8 @@ pub async fn jaeger(base: &str, filter: &Filter, now: i64) -> Result<Fetched> {
         let (since, until) = window(filter, now);
         notes.push(format!(
             "Jaeger {base}: traces between {} and {}",
-            rfc3339(since),
-            rfc3339(until)
+            auth::iam::epoch_to_rfc3339(since),
+            auth::iam::epoch_to_rfc3339(until)
         ));
         let services = jaeger_get(&http, &format!("{base}/api/services")).await?;
         let known: BTreeSet<&str> = telemetry::Service::ALL.iter().map(|s| s.as_str()).collect();
@@ -393,8 +389,8 @@ pub async fn xray(target: &XrayTarget, filter: &Filter, now: i64) -> Result<Fetc
                 .as_deref()
                 .map(|e| format!(" at {e}"))
                 .unwrap_or_default(),
-            rfc3339(since),
-            rfc3339(until)
+            auth::iam::epoch_to_rfc3339(since),
+            auth::iam::epoch_to_rfc3339(until)
         ));
         let expression = xray_filter_expression(filter);
         match summaries(&client, since, until, expression.as_deref()).await {

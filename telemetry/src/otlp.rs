@@ -446,6 +446,11 @@ fn scan_part(
     filter: &ScanFilter<'_>,
 ) -> Result<Vec<StoredSpan>, (usize, serde_json::Error)> {
     let mut out = Vec::new();
+    // The quoted key spans must carry to be kept, searched for once per part.
+    let wanted = filter
+        .only_with
+        .map(|k| memchr::memmem::Finder::new(&format!("\"{k}\"")).into_owned());
+    let escape = memchr::memmem::Finder::new(b"\\u");
     let mut from = 0;
     let ends = memchr::memchr_iter(b'\n', part).chain(std::iter::once(part.len()));
     for (i, end) in ends.enumerate() {
@@ -454,10 +459,8 @@ fn scan_part(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if crate::redact::may_contain_jwt(line)
-            && crate::redact::contains_jwt(&String::from_utf8_lossy(line))
-        {
-            let text = String::from_utf8_lossy(line);
+        let text = crate::redact::may_contain_jwt(line).then(|| String::from_utf8_lossy(line));
+        if let Some(text) = text.filter(|t| crate::redact::contains_jwt(t)) {
             // Rare: a JWT-shaped value somewhere in this line. Decode it in full to say where.
             let full: ExportTraceServiceRequest =
                 serde_json::from_str(&text).map_err(|e| (i, e))?;
@@ -484,16 +487,15 @@ fn scan_part(
                 .map(scan::Val::to_json)
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_else(|| "unknown".to_owned());
-            let wanted = filter.only_with.map(|k| format!("\"{k}\""));
             for ss in &rs.scope_spans {
                 for raw in &ss.spans {
                     // Most spans lack the attribute asked for: find that out without parsing (a
                     // span with a `\u` escape, which could spell the key, is always parsed).
                     let bytes = raw.get().as_bytes();
-                    if wanted.as_ref().is_some_and(|w| {
-                        memchr::memmem::find(bytes, w.as_bytes()).is_none()
-                            && memchr::memmem::find(bytes, b"\\u").is_none()
-                    }) {
+                    if wanted
+                        .as_ref()
+                        .is_some_and(|w| w.find(bytes).is_none() && escape.find(bytes).is_none())
+                    {
                         continue;
                     }
                     let s: scan::Span<'_> = serde_json::from_str(raw.get()).map_err(|e| (i, e))?;
