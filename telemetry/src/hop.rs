@@ -80,11 +80,9 @@ impl From<AttrValue> for Value {
 /// In Lambda, `Some(true)` for the first hop span of the execution environment and
 /// `Some(false)` afterwards; `None` outside Lambda.
 fn lambda_cold_start() -> Option<bool> {
-    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicBool, Ordering};
-    static IN_LAMBDA: OnceLock<bool> = OnceLock::new();
     static WARM: AtomicBool = AtomicBool::new(false);
-    if !*IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()) {
+    if !crate::propagation::in_lambda() {
         return None;
     }
     Some(!WARM.swap(true, Ordering::Relaxed))

@@ -292,8 +292,10 @@ impl LambdaSegment {
     }
 }
 
-fn in_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+/// Whether this process runs as a Lambda function (read once).
+pub(crate) fn in_lambda() -> bool {
+    static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some())
 }
 
 fn extract_from(extractor: &dyn Extractor, lambda_fallback: Option<&str>) -> TraceContext {
