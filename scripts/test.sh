@@ -6,6 +6,8 @@
 #   cargo-lambda   from PyPI into .venv-tools (the Lambda runtime emulator)
 #   moto           from PyPI into .venv-aws (the AWS emulator: STS, Secrets Manager), started
 #                  here on a free loopback port for the whole run and stopped at exit
+#   Chromium       from Debian (apt-get install chromium): renders the HTML report
+#   playwright-core from npm into tools/node (drives that Chromium; never downloads a browser)
 #
 # Other tests start what they need themselves, on free loopback ports, and stop it.
 set -euo pipefail
@@ -39,6 +41,19 @@ MOTO_XRAY=$(.venv-aws/bin/python -c 'import moto.xray.models as m; print(m.__fil
 sed -i 's/"Users": {},  # Not implemented yet/"Users": [],  # Not implemented yet (tokentrail: a list, as X-Ray answers)/' "$MOTO_XRAY"
 grep -q '"Users": \[\]' "$MOTO_XRAY" || { echo "could not fix moto's GetTraceSummaries shape in $MOTO_XRAY"; exit 1; }
 
+if ! command -v chromium >/dev/null; then
+  step "installing Chromium from Debian (renders and checks the HTML report)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ ! -d tools/node/node_modules/playwright-core ]; then
+  step "installing playwright-core from npm into tools/node (drives Debian's Chromium)"
+  (cd tools/node && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+fi
+
 step "starting moto on a free loopback port"
 MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 MOTO_LOG="$ROOT/target/moto.log"
@@ -57,6 +72,9 @@ export TOKENTRAIL_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
 export TOKENTRAIL_JAEGER_BIN="$TOOLS/jaeger"
 export TOKENTRAIL_CARGO_LAMBDA="$ROOT/.venv-tools/bin/cargo-lambda"
+TOKENTRAIL_CHROMIUM=$(command -v chromium)
+export TOKENTRAIL_CHROMIUM
+export TOKENTRAIL_NODE_MODULES="$ROOT/tools/node/node_modules"
 export TOKENTRAIL_REQUIRE_TOOLS=1
 
 step "cargo fmt --check"

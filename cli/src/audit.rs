@@ -47,6 +47,12 @@ pub struct HopRecord {
     pub reason: Option<String>,
     /// Span duration in milliseconds.
     pub duration_ms: f64,
+    /// Time spent in this hop itself: its duration minus the hop spans nested in it (by time),
+    /// milliseconds.
+    pub self_ms: f64,
+    /// Broker only: `hit` when the service token came from the broker's cache, `miss` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// The verdict on one request.
@@ -158,6 +164,29 @@ fn jwt_shaped(s: &StoredSpan) -> Option<String> {
             s.service
         )
     })
+}
+
+/// A hop's own time: its duration minus the hops directly nested in it (a hop nests in the
+/// shortest hop whose span contains it in time; spans of one request come from one clock
+/// locally, and from clocks close enough in AWS for whole-millisecond figures).
+fn self_us(span: &StoredSpan, hops: &[&StoredSpan]) -> u64 {
+    let contains = |a: &StoredSpan, b: &StoredSpan| {
+        !std::ptr::eq(a, b)
+            && a.start_unix_nano <= b.start_unix_nano
+            && b.end_unix_nano <= a.end_unix_nano
+    };
+    let nested: u64 = hops
+        .iter()
+        .filter(|b| contains(span, b))
+        .filter(|b| {
+            // Directly nested: no other hop sits between `span` and `b`.
+            !hops
+                .iter()
+                .any(|m| !std::ptr::eq(*m, span) && contains(span, m) && contains(m, b))
+        })
+        .map(|b| b.duration_us())
+        .sum();
+    span.duration_us().saturating_sub(nested)
 }
 
 /// Audit one trace's spans.
@@ -288,6 +317,8 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
         chain: hops
             .iter()
             .map(|s| HopRecord {
+                self_ms: self_us(s, &hops) as f64 / 1000.0,
+                cache: s.attr_str(attrs::BROKER_CACHE).map(str::to_owned),
                 hop: s.attr_str(attrs::HOP_NAME).unwrap_or("?").to_owned(),
                 service: s.service.clone(),
                 credential_kind: s.attr_str(attrs::CREDENTIAL_KIND).map(str::to_owned),

@@ -447,6 +447,17 @@ pub async fn run(
         out.join("traces.jsonl").display(),
         out.join("logs").display()
     );
+    // The comparison page, written before the leak scan so the scan covers it too.
+    let report = crate::report::run(&crate::report::ReportOptions {
+        store: out.to_path_buf(),
+        out: None,
+        jaeger: None,
+        png: false,
+    });
+    match &report {
+        Ok((html, _)) => println!("  report: {}", html.display()),
+        Err(e) => println!("  report: could not be written: {e:#}"),
+    }
     let mut leaks = scan_for_jwts(out);
     let secrets: Vec<String> = runs.iter().flat_map(|r| r.secrets.clone()).collect();
     leaks.extend(scan_for_strings(out, &secrets));
@@ -467,7 +478,7 @@ pub async fn run(
                 .map(move |row| (r.pattern, row))
         })
         .collect();
-    if unexpected.is_empty() && leaks.is_empty() {
+    if unexpected.is_empty() && leaks.is_empty() && report.is_ok() {
         println!("every request ended where it should.");
         Ok(ExitCode::SUCCESS)
     } else {

@@ -7,12 +7,17 @@
 //! | `call` | [`app`]: one request as the app |
 //! | `demo` | [`demo`]: stack + scripted requests + summary |
 //! | `audit` | [`audit`]: which identity reached the target, per request, with a verdict |
+//! | `load` | [`load`]: open/closed-loop load against either or both patterns |
+//! | `report` | [`report`]: the HTML page comparing the patterns |
+//! | `dashboards` | [`dashboards`]: the Grafana and CloudWatch dashboards (same panels) |
 
 pub mod app;
 pub mod audit;
 pub mod bench;
+pub mod dashboards;
 pub mod demo;
 pub mod load;
+pub mod report;
 pub mod serve;
 pub mod sources;
 pub mod stack;
@@ -190,6 +195,35 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: audit::Format,
     },
+    /// Write report.html comparing the patterns (per-hop latency, critical path, end-to-end
+    /// distribution, failure points, throughput, identities) from a span store.
+    Report {
+        /// The span store directory (with load.json after `tokentrail load`).
+        #[arg(long, default_value = "tokentrail-out")]
+        store: PathBuf,
+        /// Where to write the page [default: STORE/report.html].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Jaeger UI base URL: sample trace ids become links to it.
+        #[arg(long)]
+        jaeger: Option<String>,
+        /// Also render a PNG next to the page with headless Chromium.
+        #[arg(long)]
+        png: bool,
+    },
+    /// Write the Grafana dashboard and the CloudWatch dashboard body and queries (generated from
+    /// the same panel definitions as the report).
+    Dashboards {
+        /// Output directory.
+        #[arg(long, default_value = "dashboards")]
+        out: PathBuf,
+        /// AWS region of the CloudWatch widgets.
+        #[arg(long, default_value = crate::dashboards::DEFAULT_REGION)]
+        region: String,
+        /// Do not write: fail if the files in OUT differ from what this version generates.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// A pattern on the command line.
@@ -322,6 +356,33 @@ pub fn main() -> ExitCode {
                     audit::run(&source, &filter, format).await
                 }
                 .await
+            }
+            Command::Report {
+                store,
+                out,
+                jaeger,
+                png,
+            } => {
+                let opts = report::ReportOptions {
+                    store,
+                    out,
+                    jaeger,
+                    png,
+                };
+                tokio::task::spawn_blocking(move || report::run(&opts))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the report task failed: {e}"))
+                    .and_then(|r| r)
+                    .map(|(html, png)| {
+                        println!("report: {}", html.display());
+                        if let Some(png) = png {
+                            println!("screenshot: {}", png.display());
+                        }
+                        ExitCode::SUCCESS
+                    })
+            }
+            Command::Dashboards { out, region, check } => {
+                dashboards::run(&out, &region, check).map(|_| ExitCode::SUCCESS)
             }
             Command::Bench {
                 out,

@@ -332,9 +332,15 @@ async fn spawn_hop(
     for k in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
         "TOKENTRAIL_PORT",
     ] {
         cmd.env_remove(k);
+    }
+    // Hop metrics reach the collector every 5 s (the SDK's default is a minute), unless the
+    // caller chose an interval; stopping a hop exports what is left.
+    if std::env::var_os("OTEL_METRIC_EXPORT_INTERVAL").is_none() {
+        cmd.env("OTEL_METRIC_EXPORT_INTERVAL", "5000");
     }
     cmd.envs(env);
     let mut child = cmd

@@ -1,7 +1,9 @@
-//! The embedded collector: an OTLP/HTTP receiver (protobuf and JSON) that appends every export
-//! to `OUT/traces.jsonl` in the OTLP/JSON encoding (one `ExportTraceServiceRequest` per line, as
-//! the OTel Collector's file exporter writes), and optionally forwards each export, unchanged, to
-//! an OTLP/HTTP endpoint (Jaeger, an OTel Collector) like a collector pipeline with two exporters.
+//! The embedded collector: an OTLP/HTTP receiver (protobuf and JSON) that appends every trace
+//! export to `OUT/traces.jsonl` in the OTLP/JSON encoding (one `ExportTraceServiceRequest` per
+//! line, as the OTel Collector's file exporter writes) and every metrics export to
+//! `OUT/metrics.jsonl` (one `ExportMetricsServiceRequest` per line), and optionally forwards each
+//! trace export, unchanged, to an OTLP/HTTP endpoint (Jaeger, an OTel Collector) like a collector
+//! pipeline with two exporters.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,12 +15,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::io::Write;
-use telemetry::otlp::{TraceExport, success_response};
+use telemetry::otlp::{MetricsExport, TraceExport, success_response};
 
 /// Collector state.
 pub struct Collector {
     file: std::sync::Mutex<std::fs::File>,
     path: PathBuf,
+    metrics_file: std::sync::Mutex<std::fs::File>,
+    metrics_path: PathBuf,
+    metric_exports: AtomicU64,
     forward: Option<(reqwest::Client, String)>,
     spans: AtomicU64,
     forward_failures: AtomicU64,
@@ -43,6 +48,11 @@ impl Collector {
             .create(true)
             .append(true)
             .open(&path)?;
+        let metrics_path = dir.join("metrics.jsonl");
+        let metrics_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)?;
         let forward = match forward_to {
             Some(url) => Some((
                 reqwest::Client::builder()
@@ -56,6 +66,9 @@ impl Collector {
         Ok(Arc::new(Self {
             file: std::sync::Mutex::new(file),
             path,
+            metrics_file: std::sync::Mutex::new(metrics_file),
+            metrics_path,
+            metric_exports: AtomicU64::new(0),
             forward,
             spans: AtomicU64::new(0),
             forward_failures: AtomicU64::new(0),
@@ -65,6 +78,28 @@ impl Collector {
     /// Spans stored so far.
     pub fn span_count(&self) -> u64 {
         self.spans.load(Ordering::Relaxed)
+    }
+
+    /// Metrics exports stored so far.
+    pub fn metric_export_count(&self) -> u64 {
+        self.metric_exports.load(Ordering::Relaxed)
+    }
+
+    /// The metrics store file.
+    pub fn metrics_path(&self) -> &Path {
+        &self.metrics_path
+    }
+
+    /// Decode one metrics export and append it to `metrics.jsonl`.
+    pub fn store_metrics(&self, content_type: &str, body: &[u8]) -> Result<(), StoreError> {
+        let export = MetricsExport::decode(content_type, body)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let line = export
+            .to_json_line()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        append_line(&self.metrics_file, &self.metrics_path, line)?;
+        self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Exports that could not be forwarded.
@@ -82,20 +117,10 @@ impl Collector {
     pub fn store(&self, content_type: &str, body: &[u8]) -> Result<TraceExport, StoreError> {
         let export = TraceExport::decode(content_type, body)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut line = export
+        let line = export
             .to_json_line()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        line.push('\n');
-        {
-            // The lock keeps lines whole.
-            let mut f = self
-                .file
-                .lock()
-                .map_err(|_| StoreError::Unavailable("the span store lock is poisoned".into()))?;
-            f.write_all(line.as_bytes()).map_err(|e| {
-                StoreError::Unavailable(format!("cannot write {}: {e}", self.path.display()))
-            })?;
-        }
+        append_line(&self.file, &self.path, line)?;
         self.spans
             .fetch_add(export.span_count() as u64, Ordering::Relaxed);
         Ok(export)
@@ -122,6 +147,20 @@ impl Collector {
     }
 }
 
+/// Append one line to a store file; the lock keeps lines whole.
+fn append_line(
+    file: &std::sync::Mutex<std::fs::File>,
+    path: &Path,
+    mut line: String,
+) -> Result<(), StoreError> {
+    line.push('\n');
+    let mut f = file.lock().map_err(|_| {
+        StoreError::Unavailable(format!("the lock of {} is poisoned", path.display()))
+    })?;
+    f.write_all(line.as_bytes())
+        .map_err(|e| StoreError::Unavailable(format!("cannot write {}: {e}", path.display())))
+}
+
 /// Why an export was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -133,10 +172,11 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// Router: `POST /v1/traces`, `GET /healthz`.
+/// Router: `POST /v1/traces`, `POST /v1/metrics`, `GET /healthz`.
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
         .route("/v1/traces", post(receive))
+        .route("/v1/metrics", post(receive_metrics))
         .route(
             "/healthz",
             get(|State(c): State<Arc<Collector>>| async move {
@@ -146,26 +186,60 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .with_state(collector)
 }
 
+/// The content type of an OTLP request, or why it is refused (a compressed body).
+fn otlp_content_type(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed OTLP bodies are not supported; send uncompressed",
+        ));
+    }
+    Ok(headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(telemetry::otlp::PROTOBUF)
+        .to_owned())
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Invalid(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        StoreError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn receive_metrics(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ct = match otlp_content_type(&headers) {
+        Ok(ct) => ct,
+        Err(refused) => return refused.into_response(),
+    };
+    let content_type = ct.clone();
+    match tokio::task::spawn_blocking(move || c.store_metrics(&content_type, &body)).await {
+        Ok(Ok(())) => {
+            let (ct, bytes) = success_response(&ct);
+            ([(header::CONTENT_TYPE, ct)], bytes).into_response()
+        }
+        Ok(Err(e)) => store_error(e),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the store task failed").into_response(),
+    }
+}
+
 async fn receive(
     State(c): State<Arc<Collector>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(telemetry::otlp::PROTOBUF)
-        .to_owned();
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
-    {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed OTLP bodies are not supported; send uncompressed",
-        )
-            .into_response();
-    }
+    let ct = match otlp_content_type(&headers) {
+        Ok(ct) => ct,
+        Err(refused) => return refused.into_response(),
+    };
     let store = c.clone();
     let content_type = ct.clone();
     let stored = tokio::task::spawn_blocking(move || {
@@ -180,10 +254,7 @@ async fn receive(
                 c.forward(protobuf).await;
             }
         }
-        Ok(Err(StoreError::Invalid(e))) => return (StatusCode::BAD_REQUEST, e).into_response(),
-        Ok(Err(StoreError::Unavailable(e))) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, e).into_response();
-        }
+        Ok(Err(e)) => return store_error(e),
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "the store task failed").into_response();
         }

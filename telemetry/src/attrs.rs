@@ -363,6 +363,37 @@ impl Hop {
     }
 }
 
+/// The hop metrics: names, units and attribute keys (OTLP) and their CloudWatch EMF spelling.
+pub mod metric {
+    /// Histogram of a hop's duration, milliseconds.
+    pub const HOP_DURATION: &str = "tokentrail.hop.duration";
+    /// Counter of hop outcomes (one per hop span ended).
+    pub const HOP_OUTCOMES: &str = "tokentrail.hop.outcomes";
+    /// Counter of cold starts (the first hop span of a Lambda execution environment); also the
+    /// EMF `ColdStart` metric.
+    pub const HOP_COLD_STARTS: &str = "tokentrail.hop.cold_starts";
+    /// Every metric a hop emits.
+    pub const ALL: &[&str] = &[HOP_DURATION, HOP_OUTCOMES, HOP_COLD_STARTS];
+    /// Unit of [`HOP_DURATION`] (UCUM), and its EMF spelling.
+    pub const DURATION_UNIT: &str = "ms";
+    /// Metric attribute: the pattern.
+    pub const PATTERN: &str = "pattern";
+    /// Metric attribute: the hop (span name, e.g. `interceptor.request`).
+    pub const HOP: &str = "hop";
+    /// Metric attribute: `ok`, `rejected`, `error` or `unset`.
+    pub const OUTCOME: &str = "outcome";
+    /// Metric attribute: the failure reason (`none` when the hop let the request through).
+    pub const REASON: &str = "reason";
+    /// CloudWatch namespace of the EMF metrics.
+    pub const EMF_NAMESPACE: &str = "TokenTrail";
+    /// EMF dimension names, in the order of [`PATTERN`], [`HOP`], [`OUTCOME`].
+    pub const EMF_DIMENSIONS: [&str; 3] = ["Pattern", "Hop", "Outcome"];
+    /// EMF property holding the failure reason (searchable in Logs Insights, not a dimension).
+    pub const EMF_REASON: &str = "Reason";
+    /// EMF name of the cold-start metric.
+    pub const EMF_COLD_START: &str = "ColdStart";
+}
+
 closed_set!(
     /// `service.name` of each tokentrail process.
     Service {

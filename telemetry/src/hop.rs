@@ -113,6 +113,8 @@ impl From<Role> for SpanKind {
 #[derive(Debug)]
 pub struct Span {
     cx: Context,
+    /// For a hop span: what its metrics record when it ends.
+    metric: Option<crate::metrics::HopMetric>,
 }
 
 /// A hop span is a [`Span`] opened with [`Span::hop`].
@@ -131,7 +133,8 @@ impl Span {
             KeyValue::new(attrs::HOP_NAME, hop.as_str()),
             KeyValue::new(attrs::HOP_INDEX, hop.index()),
         ];
-        if let Some(cold) = lambda_cold_start() {
+        let cold_start = lambda_cold_start();
+        if let Some(cold) = cold_start {
             attributes.push(KeyValue::new(attrs::semconv::FAAS_COLDSTART, cold));
         }
         if let Some(l) = parent.0.get::<crate::propagation::LambdaSegment>() {
@@ -144,7 +147,9 @@ impl Span {
                 l.parent_id.clone(),
             ));
         }
-        Self::open(Cow::Borrowed(hop.as_str()), role, parent, attributes)
+        let mut span = Self::open(Cow::Borrowed(hop.as_str()), role, parent, attributes);
+        span.metric = Some(crate::metrics::HopMetric::start(hop, pattern, cold_start));
+        span
     }
 
     /// Open a plain span (an outgoing call, or internal work) under `parent`.
@@ -166,6 +171,7 @@ impl Span {
             .start_with_context(&tracer, &parent.0);
         Self {
             cx: parent.0.with_span(span),
+            metric: None,
         }
     }
 
@@ -250,6 +256,10 @@ impl Span {
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
         span.set_status(Status::Ok);
+        if let Some(m) = &mut self.metric {
+            m.outcome = Some(Outcome::Ok);
+            m.reason = None;
+        }
     }
 
     /// The hop stopped the request (or failed) for `reason`.
@@ -266,6 +276,10 @@ impl Span {
             vec![KeyValue::new(attrs::FAILURE_REASON, reason.as_str())],
         );
         span.set_status(Status::error(reason.describe()));
+        if let Some(m) = &mut self.metric {
+            m.outcome = Some(outcome);
+            m.reason = Some(reason);
+        }
     }
 
     /// This hop passed the request on, and a later hop stopped it for `reason`. The hop's own
@@ -278,6 +292,10 @@ impl Span {
             KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
         ]);
         span.set_status(Status::error(format!("stopped downstream: {reason}")));
+        if let Some(m) = &mut self.metric {
+            m.outcome = Some(Outcome::Ok);
+            m.reason = None;
+        }
     }
 
     /// Mark a client call as failed without hop semantics (status + `error.type`).
@@ -298,6 +316,11 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        self.cx.span().end();
+        let span = self.cx.span();
+        span.end();
+        if let Some(m) = &self.metric {
+            let trace_id = span.span_context().trace_id();
+            m.record(|| crate::propagation::xray_trace_id(&trace_id.to_string()));
+        }
     }
 }

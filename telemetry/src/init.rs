@@ -167,6 +167,8 @@ fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    /// Hop metrics over OTLP, when an OTLP destination is configured.
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     exporters: Vec<&'static str>,
     xray_stats: Option<std::sync::Arc<crate::xray::XrayStats>>,
 }
@@ -198,7 +200,11 @@ impl Telemetry {
     /// never waits longer than `bound`, even if an exporter hangs.
     pub async fn flush(&self, bound: Duration) -> FlushOutcome {
         let provider = self.provider.clone();
-        let task = tokio::task::spawn_blocking(move || provider.force_flush());
+        let meters = self.meters.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let metrics = meters.as_ref().map_or(Ok(()), |m| m.force_flush());
+            provider.force_flush().and(metrics)
+        });
         match tokio::time::timeout(bound, task).await {
             Ok(Ok(Ok(()))) => FlushOutcome::Flushed,
             Ok(_) => FlushOutcome::Failed,
@@ -217,6 +223,9 @@ impl Telemetry {
     /// Flush and stop exporting (blocking, bounded by the export timeout).
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));
+        if let Some(m) = &self.meters {
+            let _ = m.shutdown_with_timeout(Duration::from_secs(5));
+        }
     }
 }
 
@@ -241,6 +250,7 @@ fn build_otlp_http(
 fn build_provider(
     cfg: &TelemetryConfig,
     grpc: Option<opentelemetry_otlp::SpanExporter>,
+    grpc_metrics: Option<opentelemetry_otlp::MetricExporter>,
 ) -> Result<Telemetry, TelemetryError> {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource(cfg.service))
@@ -357,9 +367,64 @@ fn build_provider(
     }
     Ok(Telemetry {
         provider: builder.build(),
+        meters: build_meters(cfg, grpc_metrics)?,
         exporters,
         xray_stats,
     })
+}
+
+/// The meter provider of the hop metrics: OTLP/HTTP to the embedded collector (`/v1/metrics`)
+/// and/or to `OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT` (HTTP or gRPC, as for traces); `None` when
+/// neither is configured (EMF lines in Lambda need no provider). The export interval is the
+/// SDK's, from `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s); flush and shutdown export at once.
+fn build_meters(
+    cfg: &TelemetryConfig,
+    grpc: Option<opentelemetry_otlp::MetricExporter>,
+) -> Result<Option<opentelemetry_sdk::metrics::SdkMeterProvider>, TelemetryError> {
+    use opentelemetry_otlp::MetricExporter;
+    let fail = |which: &'static str| {
+        move |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+            which,
+            reason: e.to_string(),
+        }
+    };
+    let mut builder = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_resource(resource(cfg.service));
+    let mut any = false;
+    if let Some(base) = &cfg.collector_endpoint {
+        let exporter = MetricExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/metrics", base.trim_end_matches('/')))
+            .with_timeout(cfg.export_timeout)
+            .build()
+            .map_err(fail("collector metrics"))?;
+        builder = builder.with_periodic_exporter(exporter);
+        any = true;
+    }
+    if cfg.otlp_from_env && otlp_env_endpoint().is_some() {
+        if otlp_env_protocol() == "grpc" {
+            if let Some(exporter) = grpc {
+                builder = builder.with_periodic_exporter(exporter);
+                any = true;
+            }
+        } else {
+            // The exporter resolves OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, or the generic endpoint
+            // plus /v1/metrics, itself.
+            let exporter = MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build()
+                .map_err(fail("otlp-http metrics"))?;
+            builder = builder.with_periodic_exporter(exporter);
+            any = true;
+        }
+    }
+    Ok(any.then(|| {
+        let provider = builder.build();
+        crate::metrics::install(&provider);
+        provider
+    }))
 }
 
 /// Start telemetry for this process: tracer provider (installed globally), W3C + X-Ray
@@ -389,8 +454,20 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         } else {
             None
         };
+    let grpc_metrics = match &grpc {
+        Some(_) => Some(
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| TelemetryError::Exporter {
+                    which: "otlp-grpc metrics",
+                    reason: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
     let cfg_for_thread = cfg.clone();
-    let telemetry = std::thread::spawn(move || build_provider(&cfg_for_thread, grpc))
+    let telemetry = std::thread::spawn(move || build_provider(&cfg_for_thread, grpc, grpc_metrics))
         .join()
         .map_err(|_| TelemetryError::Exporter {
             which: "any",
@@ -529,6 +606,7 @@ mod tests {
             .build();
         let telemetry = Telemetry {
             provider: provider.clone(),
+            meters: None,
             exporters: vec!["hang"],
             xray_stats: None,
         };
@@ -551,6 +629,7 @@ mod tests {
             .build();
         let telemetry = Telemetry {
             provider: provider.clone(),
+            meters: None,
             exporters: vec!["capture"],
             xray_stats: None,
         };
@@ -586,6 +665,7 @@ pub fn install_discarding_pipeline() -> Telemetry {
     opentelemetry::global::set_tracer_provider(provider.clone());
     Telemetry {
         provider,
+        meters: None,
         exporters: vec!["discard"],
         xray_stats: None,
     }

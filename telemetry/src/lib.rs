@@ -17,6 +17,7 @@ pub mod hop;
 mod idgen;
 mod init;
 mod logs;
+pub mod metrics;
 pub mod otlp;
 pub mod propagation;
 pub mod provenance;
