@@ -112,34 +112,9 @@ fn a_ten_second_load_of_both_patterns_reconciles() {
 }
 
 fn load(out: &std::path::Path, pacing: &[&str]) -> Value {
-    let mut args = vec![
-        "load",
-        "--local",
-        "--pattern",
-        "passthrough",
-        "--duration",
-        "6s",
-        "--warmup",
-        "1s",
-        "--stall",
-        "runtime=500ms",
-    ];
+    let mut args = vec!["--pattern", "passthrough", "--stall", "runtime=500ms"];
     args.extend_from_slice(pacing);
-    let run = std::process::Command::new(support::bin())
-        .args(&args)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("load runs");
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap();
-    doc["patterns"]["passthrough"]["latency"].clone()
+    load_with(out, &args)["patterns"]["passthrough"]["latency"].clone()
 }
 
 /// The runtime stalls once for 500 ms. Open loop, every request due during the stall waits and
@@ -160,5 +135,110 @@ fn open_loop_p99_shows_a_stall_that_a_closed_loop_hides() {
         p(&closed, "p99_ms") < 250.0,
         "closed loop hides it: {closed}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn load_with(out: &std::path::Path, args: &[&str]) -> Value {
+    let run = std::process::Command::new(support::bin())
+        .args(["load", "--local", "--duration", "6s", "--warmup", "1s"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("load runs");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap()
+}
+
+/// Stack faults during the middle third of the measured period (2 s to 4 s of 6 s): a broker
+/// outage stops broker requests at the interceptor (fail closed) and nothing else; the IdP and
+/// the secret store being down changes nothing (cached keys, tokens and service credential);
+/// added broker latency shows in the tail only; a collector outage loses telemetry, never
+/// requests, and the audit then reports the incomplete traces.
+#[test]
+fn stack_faults_show_where_each_pattern_depends_on_what() {
+    let dir = support::tempdir("load-faults");
+    let doc = load_with(
+        &dir.join("outages"),
+        &[
+            "--pattern",
+            "both",
+            "--rate",
+            "30",
+            "--outage",
+            "broker=2s",
+            "--outage",
+            "idp",
+            "--outage",
+            "secrets",
+        ],
+    );
+    let faults = doc["stack_faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 3, "{doc}");
+    for f in faults {
+        assert_eq!(
+            (f["from_s"].as_f64(), f["until_s"].as_f64()),
+            (Some(2.0), Some(4.0))
+        );
+    }
+    let pt = &doc["patterns"]["passthrough"];
+    assert_eq!(
+        pt["outcomes"]["rejected"], 0,
+        "the IdP outage is masked: {pt}"
+    );
+    assert_eq!(pt["outcomes"]["error"], 0, "{pt}");
+    let br = &doc["patterns"]["broker"];
+    let rejections = br["rejections"].as_array().unwrap();
+    assert_eq!(
+        rejections.len(),
+        1,
+        "only the broker outage stops requests: {br}"
+    );
+    assert_eq!(rejections[0]["hop"], "gateway.interceptor");
+    assert_eq!(rejections[0]["reason"], "upstream_unavailable");
+    // 2 s at 15 requests/s per pattern, give or take the window's edges.
+    let stopped = rejections[0]["count"].as_u64().unwrap();
+    assert!((15..=45).contains(&stopped), "{stopped}");
+    assert!(br["outcomes"]["ok"].as_u64().unwrap() >= 50, "{br}");
+
+    let doc = load_with(
+        &dir.join("latency"),
+        &[
+            "--pattern",
+            "broker",
+            "--rate",
+            "20",
+            "--latency",
+            "broker=100ms",
+            "--outage",
+            "collector=2s",
+        ],
+    );
+    let lat = &doc["patterns"]["broker"]["latency"];
+    let ms = |k: &str| lat[k].as_f64().unwrap();
+    assert!(ms("p50_ms") < 100.0 && ms("p99_ms") >= 100.0, "{lat}");
+    assert_eq!(doc["patterns"]["broker"]["outcomes"]["ok"], 120, "{doc}");
+    assert!(
+        doc["collector_refused_exports"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+    let audit = std::process::Command::new(support::bin())
+        .args(["audit", "--format", "json", "--store"])
+        .arg(dir.join("latency"))
+        .output()
+        .unwrap();
+    assert_eq!(audit.status.code(), Some(1), "lost spans are reported");
+    let records: Vec<Value> = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(records.iter().any(|r| {
+        r["verdict"] == "violation"
+            && r["violations"].as_array().unwrap().iter().any(|v| {
+                v.as_str().unwrap().contains("missing") || v.as_str().unwrap().contains("neither")
+            })
+    }));
     let _ = std::fs::remove_dir_all(&dir);
 }

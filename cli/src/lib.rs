@@ -150,8 +150,16 @@ pub enum Command {
         stall: Option<(serve::HopName, std::time::Duration)>,
         /// Instead of the patterns, plain GETs to this URL (to compare the generator with other
         /// tools on a trivial endpoint).
-        #[arg(long, conflicts_with_all = ["local", "stall", "broker_fault", "faults"])]
+        #[arg(long, conflicts_with_all = ["local", "stall", "broker_fault", "faults", "outage", "latency"])]
         url: Option<String>,
+        /// An outage of idp, broker, secrets or collector during the run: WHAT[=DURATION]
+        /// (repeatable), from a third of the measured period, lasting DURATION (default: a third).
+        #[arg(long, value_parser = load::parse_outage_arg)]
+        outage: Vec<load::StackFault>,
+        /// Added latency on every request to the idp or the broker in the same window:
+        /// WHAT=DELAY (broker=200ms; repeatable).
+        #[arg(long, value_parser = load::parse_latency_arg)]
+        latency: Vec<load::StackFault>,
     },
     /// Which identity reached the target, per request, with a verdict (exit 1 on a violation).
     Audit {
@@ -289,6 +297,8 @@ pub fn main() -> ExitCode {
                 broker_fault,
                 stall,
                 url,
+                outage,
+                latency,
             } => {
                 async {
                     let opts = load::LoadOptions {
@@ -312,6 +322,7 @@ pub fn main() -> ExitCode {
                         binary: None,
                         stall,
                         url,
+                        stack_faults: outage.into_iter().chain(latency).collect(),
                     };
                     let doc = load::run(&opts).await?;
                     load::print_summary(&doc, &out);

@@ -137,6 +137,185 @@ pub struct LoadOptions {
     pub stall: Option<(HopName, Duration)>,
     /// Instead of the patterns: plain GETs to this URL (to calibrate the generator).
     pub url: Option<String>,
+    /// Stack faults for the run (local only), from a third of the measured period.
+    pub stack_faults: Vec<StackFault>,
+}
+
+/// What a stack fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultTarget {
+    /// The IdP (discovery, JWKS, token endpoint) of every stack.
+    Idp,
+    /// The token broker (broker pattern).
+    Broker,
+    /// The secret store the broker reads the service credential from (broker pattern).
+    Secrets,
+    /// The collector every hop exports its spans and metrics to.
+    Collector,
+}
+
+impl FaultTarget {
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultTarget::Idp => "idp",
+            FaultTarget::Broker => "broker",
+            FaultTarget::Secrets => "secrets",
+            FaultTarget::Collector => "collector",
+        }
+    }
+}
+
+/// A stack fault: an outage of `target`, or added latency on every request to it, during a window
+/// that starts a third of the way into the measured period and lasts `duration` (default: a
+/// third of the measured period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackFault {
+    /// What it hits.
+    pub target: FaultTarget,
+    /// Outage or latency.
+    pub kind: crate::serve::FaultKind,
+    /// Window length (`None`: a third of the measured period).
+    pub duration: Option<Duration>,
+    /// Added latency (latency faults).
+    pub delay: Duration,
+}
+
+fn fault_target(s: &str) -> Result<FaultTarget, String> {
+    <FaultTarget as clap::ValueEnum>::from_str(s.trim(), true)
+        .map_err(|_| format!("`{s}`: unknown fault target (idp, broker, secrets, collector)"))
+}
+
+/// `--outage WHAT[=DURATION]` (`idp`, `broker=5s`).
+pub fn parse_outage_arg(s: &str) -> Result<StackFault, String> {
+    let (target, duration) = match s.split_once('=') {
+        Some((t, d)) => (fault_target(t)?, Some(parse_duration(d)?)),
+        None => (fault_target(s)?, None),
+    };
+    Ok(StackFault {
+        target,
+        kind: crate::serve::FaultKind::Outage,
+        duration,
+        delay: Duration::ZERO,
+    })
+}
+
+/// `--latency WHAT=DELAY` (`broker=200ms`): the IdP or the broker answers every request that
+/// much later during the window.
+pub fn parse_latency_arg(s: &str) -> Result<StackFault, String> {
+    let (t, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected WHAT=DELAY, e.g. broker=200ms"))?;
+    let target = fault_target(t)?;
+    if !matches!(target, FaultTarget::Idp | FaultTarget::Broker) {
+        return Err(format!(
+            "`{t}`: latency can be added to the idp or the broker (an outage applies to any)"
+        ));
+    }
+    Ok(StackFault {
+        target,
+        kind: crate::serve::FaultKind::Latency,
+        duration: None,
+        delay: parse_duration(d)?,
+    })
+}
+
+/// Where the faults of a run act: the hops' fault files, the secret files, the collector.
+#[derive(Default)]
+struct FaultPlan {
+    faults: Vec<StackFault>,
+    /// (target, the fault file a hop process watches).
+    files: Vec<(FaultTarget, PathBuf)>,
+    secrets: Vec<PathBuf>,
+    collector: Option<Arc<local::collector::Collector>>,
+}
+
+/// The armed faults: restored when the run ends.
+struct Armed {
+    renames: Vec<(PathBuf, tokio::task::JoinHandle<()>)>,
+    described: Vec<Value>,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn outage_name(file: &Path) -> PathBuf {
+    file.with_extension("json.outage")
+}
+
+impl FaultPlan {
+    /// Put every fault in place for the window after `measure_start` (wall clock).
+    fn arm(&self, measure_start: std::time::SystemTime, measured: Duration) -> Result<Armed> {
+        let mut armed = Armed {
+            renames: Vec::new(),
+            described: Vec::new(),
+        };
+        for f in &self.faults {
+            let offset = measured / 3;
+            let length = f.duration.unwrap_or(measured / 3);
+            let from = measure_start + offset;
+            let until = from + length;
+            let window = crate::serve::FaultWindow {
+                kind: f.kind,
+                from_unix_ms: unix_ms(from),
+                until_unix_ms: unix_ms(until),
+                delay_ms: f.delay.as_millis() as u64,
+            };
+            match f.target {
+                FaultTarget::Idp | FaultTarget::Broker => {
+                    for (_, file) in self.files.iter().filter(|(t, _)| *t == f.target) {
+                        std::fs::write(file, serde_json::to_vec(&window)?)
+                            .with_context(|| format!("cannot write {}", file.display()))?;
+                    }
+                }
+                FaultTarget::Collector => {
+                    if let Some(c) = &self.collector {
+                        c.set_outage(window.from_unix_ms, window.until_unix_ms);
+                    }
+                }
+                FaultTarget::Secrets => {
+                    for file in &self.secrets {
+                        let (file, hidden) = (file.clone(), outage_name(file));
+                        let task = {
+                            let (file, hidden) = (file.clone(), hidden.clone());
+                            let start = Instant::now();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(start + offset).await;
+                                let _ = std::fs::rename(&file, &hidden);
+                                tokio::time::sleep_until(start + offset + length).await;
+                                let _ = std::fs::rename(&hidden, &file);
+                            })
+                        };
+                        armed.renames.push((file, task));
+                    }
+                }
+            }
+            armed.described.push(json!({
+                "target": f.target.as_str(),
+                "kind": f.kind,
+                "from_s": offset.as_secs_f64(),
+                "until_s": (offset + length).as_secs_f64(),
+                "delay_ms": (f.kind == crate::serve::FaultKind::Latency).then_some(window.delay_ms),
+            }));
+        }
+        Ok(armed)
+    }
+}
+
+impl Armed {
+    /// End every fault (the secret store comes back even when the run stopped early).
+    fn restore(self) -> Vec<Value> {
+        for (file, task) in self.renames {
+            task.abort();
+            let hidden = outage_name(&file);
+            if hidden.exists() {
+                let _ = std::fs::rename(&hidden, &file);
+            }
+        }
+        self.described
+    }
 }
 
 /// `HOP=DURATION` (`runtime=500ms`).
@@ -435,6 +614,26 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
     if opts.stall.is_some() && !opts.local {
         bail!("--stall needs --local (the stack is started with the fault)");
     }
+    if !opts.stack_faults.is_empty() && !opts.local {
+        bail!("--outage and --latency need --local (the stacks are started with the faults)");
+    }
+    for (i, f) in opts.stack_faults.iter().enumerate() {
+        if matches!(f.target, FaultTarget::Broker | FaultTarget::Secrets)
+            && !opts.patterns.contains(&Pattern::Broker)
+        {
+            bail!(
+                "a {} fault needs the broker pattern in the run (--pattern broker or both)",
+                f.target.as_str()
+            );
+        }
+        if opts.stack_faults[..i].iter().any(|g| g.target == f.target) {
+            bail!("one fault per target: {} is given twice", f.target.as_str());
+        }
+    }
+    let mut plan = FaultPlan {
+        faults: opts.stack_faults.clone(),
+        ..FaultPlan::default()
+    };
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
 
@@ -464,15 +663,40 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
                     format!("{}ms@{}ms", stall.as_millis(), after.as_millis()),
                 ));
             }
+            for f in &opts.stack_faults {
+                let hop = match (f.target, p) {
+                    (FaultTarget::Idp, _) => HopName::Idp,
+                    (FaultTarget::Broker, Pattern::Broker) => HopName::Broker,
+                    _ => continue,
+                };
+                let dir = opts.out.join("faults");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let file = dir.join(format!("{p}-{}.json", hop.as_str()));
+                // A window left by an earlier run must not fire in this one.
+                let _ = std::fs::remove_file(&file);
+                so.hop_env.push((
+                    hop,
+                    crate::serve::FAULT_FILE_ENV.to_owned(),
+                    file.display().to_string(),
+                ));
+                plan.files.push((f.target, file));
+            }
             eprintln!("load: starting the local {p} stack");
             let stack = Stack::start(&so).await?;
+            if let Some(file) = stack.secrets_file() {
+                plan.secrets.push(file);
+            }
+            if plan.collector.is_none() {
+                plan.collector = Some(stack.shared_telemetry().collector);
+            }
             endpoints.push(stack.endpoints.clone());
             stacks.push(stack);
         } else {
             endpoints.push(crate::app::running_stack(&opts.out, *p)?);
         }
     }
-    let result = drive(opts, &endpoints).await;
+    let result = drive(opts, &endpoints, &plan).await;
     for s in stacks.into_iter().rev() {
         s.stop().await?;
     }
@@ -483,7 +707,11 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
     Ok(doc)
 }
 
-async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Result<Value> {
+async fn drive(
+    opts: &LoadOptions,
+    endpoints: &[crate::stack::Endpoints],
+    plan: &FaultPlan,
+) -> Result<Value> {
     let started_at = auth::iam::epoch_to_rfc3339(auth::iam::now_epoch());
     let telemetry = match endpoints.first() {
         Some(e) => Some(crate::stack::init_app_telemetry(e)?),
@@ -540,6 +768,10 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
     let mut progress = Progress::new();
     let t0 = Instant::now() + Duration::from_millis(20);
     let measure_from = t0 + opts.warmup;
+    let armed = plan.arm(
+        std::time::SystemTime::now() + (measure_from - Instant::now()),
+        opts.duration,
+    )?;
     let mut tasks = tokio::task::JoinSet::new();
     match opts.mode {
         Mode::Open { rate } => {
@@ -602,6 +834,7 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
         eprintln!();
     }
     renewer.abort();
+    let stack_faults = armed.restore();
     if let Some(t) = &telemetry {
         t.flush(Duration::from_secs(5)).await;
     }
@@ -661,9 +894,27 @@ async fn drive(opts: &LoadOptions, endpoints: &[crate::stack::Endpoints]) -> Res
         "faults": opts.faults.to_json(),
         "broker_fault": opts.broker_fault.map(|f| format!("{f:?}").to_ascii_lowercase()),
         "stall": opts.stall.map(|(h, d)| json!({"hop": h.as_str(), "ms": d.as_millis() as u64})),
+        "stack_faults": stack_faults,
+        "collector_refused_exports": plan.collector.as_ref().map(|c| c.refused_count()),
         "patterns": patterns,
         "store": opts.out.join("traces.jsonl"),
     }))
+}
+
+/// One stack fault of `load.json`, in words: `broker latency +100 ms from 2.0 s to 4.0 s of the
+/// measured period`.
+pub fn describe_fault(f: &Value) -> String {
+    format!(
+        "{} {}{} from {:.1} s to {:.1} s of the measured period",
+        f["target"].as_str().unwrap_or("?"),
+        f["kind"].as_str().unwrap_or("?"),
+        f["delay_ms"]
+            .as_u64()
+            .map(|d| format!(" +{d} ms"))
+            .unwrap_or_default(),
+        f["from_s"].as_f64().unwrap_or(0.0),
+        f["until_s"].as_f64().unwrap_or(0.0)
+    )
 }
 
 /// Print the summary of a `load.json` document.
@@ -671,6 +922,14 @@ pub fn print_summary(doc: &Value, out: &Path) {
     let Some(patterns) = doc["patterns"].as_object() else {
         return;
     };
+    for f in doc["stack_faults"].as_array().into_iter().flatten() {
+        println!("stack fault: {}", describe_fault(f));
+    }
+    if let Some(n) = doc["collector_refused_exports"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "the collector refused {n} exports during its outage (those spans and metrics are lost)"
+        );
+    }
     println!(
         "{:<12} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}",
         "pattern",

@@ -785,8 +785,22 @@ fn load_summary(m: &Model) -> String {
             p["outcomes"]["error"],
         );
     }
+    let faults: Vec<String> = doc["stack_faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(crate::load::describe_fault)
+        .collect();
+    let faults = if faults.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"<p class="note">Stack faults: {}.</p>"#,
+            esc(&faults.join("; "))
+        )
+    };
     format!(
-        r#"<section class="load" id="load"><h2>Load run</h2><p class="about"><code>{}</code> · {} mode · tokentrail {} · {} CPUs. Latency measured by the load generator from each request's intended start (no coordinated omission).</p><table><thead><tr><th>pattern</th><th>measured</th><th>achieved req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>rejected</th><th>errors</th></tr></thead><tbody>{rows}</tbody></table></section>"#,
+        r#"<section class="load" id="load"><h2>Load run</h2><p class="about"><code>{}</code> · {} mode · tokentrail {} · {} CPUs. Latency measured by the load generator from each request's intended start (no coordinated omission).</p>{faults}<table><thead><tr><th>pattern</th><th>measured</th><th>achieved req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>rejected</th><th>errors</th></tr></thead><tbody>{rows}</tbody></table></section>"#,
         esc(doc["command"].as_str().unwrap_or("")),
         esc(doc["mode"].as_str().unwrap_or("?")),
         esc(doc["tokentrail_version"].as_str().unwrap_or("?")),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
+use axum::response::IntoResponse as _;
 use lambda_front::env;
 use telemetry::{Service, TelemetryConfig};
 use tokio::io::AsyncReadExt;
@@ -261,6 +262,100 @@ fn with_stall(router: Router, stall: Duration, after: Duration) -> Router {
     ))
 }
 
+/// Fault injection for load tests: `TOKENTRAIL_FAULT_FILE=PATH` names a JSON file
+/// `{"kind": "outage" | "latency", "from_unix_ms": N, "until_unix_ms": N, "delay_ms": N}` the hop
+/// reads (again whenever it changes, checked at most every 50 ms): between the two instants it
+/// answers every request with 503 (outage) or delays every request by `delay_ms` (latency).
+/// A missing file means no fault. `tokentrail load --outage/--latency` writes it.
+pub const FAULT_FILE_ENV: &str = "TOKENTRAIL_FAULT_FILE";
+
+/// A fault window as [`FAULT_FILE_ENV`]'s file describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FaultWindow {
+    /// What happens during the window.
+    pub kind: FaultKind,
+    /// Start, Unix milliseconds.
+    pub from_unix_ms: u64,
+    /// End, Unix milliseconds.
+    pub until_unix_ms: u64,
+    /// Added delay for `latency`.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// Kinds of [`FaultWindow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Every request answered 503.
+    Outage,
+    /// Every request delayed.
+    Latency,
+}
+
+impl FaultWindow {
+    fn active(&self, now_ms: u64) -> bool {
+        (self.from_unix_ms..self.until_unix_ms).contains(&now_ms)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct FaultFileState {
+    checked: Option<std::time::Instant>,
+    modified: Option<std::time::SystemTime>,
+    window: Option<FaultWindow>,
+}
+
+fn with_fault_file(router: Router, path: std::path::PathBuf, hop: HopName) -> Router {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(FaultFileState::default()));
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let state = state.clone();
+            let path = path.clone();
+            async move {
+                let window = match state.lock() {
+                    Ok(mut s) => {
+                        let now = std::time::Instant::now();
+                        if s.checked
+                            .is_none_or(|c| now.duration_since(c) >= Duration::from_millis(50))
+                        {
+                            s.checked = Some(now);
+                            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                            if modified != s.modified {
+                                s.modified = modified;
+                                s.window = std::fs::read(&path)
+                                    .ok()
+                                    .and_then(|b| serde_json::from_slice(&b).ok());
+                            }
+                        }
+                        s.window
+                    }
+                    Err(_) => None,
+                };
+                match window.filter(|w| w.active(unix_ms())) {
+                    Some(w) if w.kind == FaultKind::Outage => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{} is unavailable (injected outage)", hop.as_str()),
+                    )
+                        .into_response(),
+                    Some(w) => {
+                        tokio::time::sleep(Duration::from_millis(w.delay_ms)).await;
+                        next.run(req).await
+                    }
+                    None => next.run(req).await,
+                }
+            }
+        },
+    ))
+}
+
 /// Run `hop` until stopped.
 pub async fn run(hop: HopName, port: u16) -> Result<()> {
     check_pattern()?;
@@ -281,6 +376,10 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: configuration error: {e:#}", hop.as_str()))?;
             with_stall(router, stall, after)
         }
+        None => router,
+    };
+    let router = match env::opt(FAULT_FILE_ENV) {
+        Some(path) => with_fault_file(router, path.into(), hop),
         None => router,
     };
     println!("READY {} {base}", hop.as_str());

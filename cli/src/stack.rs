@@ -605,6 +605,11 @@ impl Stack {
         v
     }
 
+    /// The local secret store's file (broker pattern), which the broker reads at every call.
+    pub fn secrets_file(&self) -> Option<PathBuf> {
+        self.aws.as_ref().map(|a| a.dir.join("secrets.json"))
+    }
+
     /// Stop one hop gracefully (e.g. the IdP, to show cached keys keep working).
     pub async fn stop_hop(&mut self, hop: HopName) -> Result<()> {
         if let Some(r) = self.children.iter_mut().find(|r| r.hop == hop) {

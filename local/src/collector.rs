@@ -27,6 +27,9 @@ pub struct Collector {
     forward: Option<(reqwest::Client, String)>,
     spans: AtomicU64,
     forward_failures: AtomicU64,
+    /// An injected outage, Unix ms `[from, until)`: exports are refused with 503 meanwhile.
+    outage: (AtomicU64, AtomicU64),
+    refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Collector {
@@ -72,6 +75,8 @@ impl Collector {
             forward,
             spans: AtomicU64::new(0),
             forward_failures: AtomicU64::new(0),
+            outage: (AtomicU64::new(0), AtomicU64::new(0)),
+            refused: AtomicU64::new(0),
         }))
     }
 
@@ -100,6 +105,32 @@ impl Collector {
         append_line(&self.metrics_file, &self.metrics_path, line)?;
         self.metric_exports.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Refuse every export (503, as a collector that is down behind its load balancer) between
+    /// the two instants (Unix milliseconds): a collector outage for load tests.
+    pub fn set_outage(&self, from_unix_ms: u64, until_unix_ms: u64) {
+        self.outage.0.store(from_unix_ms, Ordering::Relaxed);
+        self.outage.1.store(until_unix_ms, Ordering::Relaxed);
+    }
+
+    /// Exports refused during an injected outage.
+    pub fn refused_count(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether an injected outage is on now; counts the refusal.
+    fn refuses(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let on = (self.outage.0.load(Ordering::Relaxed)..self.outage.1.load(Ordering::Relaxed))
+            .contains(&now);
+        if on {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        on
     }
 
     /// Exports that could not be forwarded.
@@ -186,8 +217,18 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .with_state(collector)
 }
 
-/// The content type of an OTLP request, or why it is refused (a compressed body).
-fn otlp_content_type(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+/// The content type of an OTLP request, or why it is refused (a compressed body, an injected
+/// outage).
+fn otlp_content_type(
+    c: &Collector,
+    headers: &HeaderMap,
+) -> Result<String, (StatusCode, &'static str)> {
+    if c.refuses() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the collector is unavailable (injected outage)",
+        ));
+    }
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity")
@@ -216,7 +257,7 @@ async fn receive_metrics(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ct = match otlp_content_type(&headers) {
+    let ct = match otlp_content_type(&c, &headers) {
         Ok(ct) => ct,
         Err(refused) => return refused.into_response(),
     };
@@ -236,7 +277,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ct = match otlp_content_type(&headers) {
+    let ct = match otlp_content_type(&c, &headers) {
         Ok(ct) => ct,
         Err(refused) => return refused.into_response(),
     };
