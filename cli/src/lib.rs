@@ -17,6 +17,7 @@ pub mod bench;
 pub mod dashboards;
 pub mod demo;
 pub mod load;
+pub mod plain_get;
 pub mod report;
 pub mod serve;
 pub mod sources;

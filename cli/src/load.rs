@@ -397,7 +397,7 @@ enum TargetKind {
         tokens: RwLock<Tokens>,
     },
     /// A plain GET (calibrating the generator against other tools).
-    Url { http: reqwest::Client, url: String },
+    Url(crate::plain_get::PlainGet),
 }
 
 /// What one pattern's requests did.
@@ -481,14 +481,10 @@ fn record(shared: &Mutex<Shared>, p: usize, measured: bool, ended: Ended, latenc
 async fn one(target: &Target, i: u64, n_patterns: u64, faults: &FaultMix) -> Ended {
     let (app, tokens) = match &target.kind {
         TargetKind::Stack { app, tokens } => (app, tokens),
-        TargetKind::Url { http, url } => {
-            return match http.get(url).send().await {
-                Ok(r) if r.status().is_success() => match r.bytes().await {
-                    Ok(_) => Ended::Ok,
-                    Err(e) => Ended::Error(format!("reading the body: {e}")),
-                },
-                Ok(r) => Ended::Error(format!("HTTP {}", r.status().as_u16())),
-                Err(e) => Ended::Error(format!("{e}")),
+        TargetKind::Url(client) => {
+            return match client.get().await {
+                Ok(()) => Ended::Ok,
+                Err(e) => Ended::Error(e),
             };
         }
     };
@@ -734,12 +730,10 @@ async fn drive(
     if let Some(url) = &opts.url {
         targets.push(Arc::new(Target {
             name: "url".into(),
-            kind: TargetKind::Url {
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()?,
-                url: url.clone(),
-            },
+            kind: TargetKind::Url(crate::plain_get::PlainGet::new(
+                url,
+                Duration::from_secs(30),
+            )?),
         }));
     }
     let shared = Arc::new(Mutex::new(Shared {
