@@ -7,6 +7,7 @@
 #   moto           from PyPI into .venv-aws (the AWS emulator: STS, Secrets Manager), started
 #                  here on a free loopback port for the whole run and stopped at exit
 #   Chromium       from Debian (apt-get install chromium): renders the HTML report
+#   Prometheus     from Debian (apt-get install prometheus): Jaeger's Monitor tab (SPM) test
 #   playwright-core from npm into tools/node (drives that Chromium; never downloads a browser)
 #
 # Other tests start what they need themselves, on free loopback ports, and stop it.
@@ -41,12 +42,18 @@ MOTO_XRAY=$(.venv-aws/bin/python -c 'import moto.xray.models as m; print(m.__fil
 sed -i 's/"Users": {},  # Not implemented yet/"Users": [],  # Not implemented yet (tokentrail: a list, as X-Ray answers)/' "$MOTO_XRAY"
 grep -q '"Users": \[\]' "$MOTO_XRAY" || { echo "could not fix moto's GetTraceSummaries shape in $MOTO_XRAY"; exit 1; }
 
-if ! command -v chromium >/dev/null; then
-  step "installing Chromium from Debian (renders and checks the HTML report)"
+DEBIAN_WANTED=""
+command -v chromium >/dev/null || DEBIAN_WANTED="$DEBIAN_WANTED chromium"
+[ -x /usr/bin/prometheus ] || DEBIAN_WANTED="$DEBIAN_WANTED prometheus"
+if [ -n "$DEBIAN_WANTED" ]; then
+  step "installing from Debian:$DEBIAN_WANTED (the HTML report's browser; Prometheus for Jaeger's Monitor tab)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $DEBIAN_WANTED >/dev/null
+  # The package may start its own Prometheus service: the tests start theirs on free ports.
+  $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
 
 if [ ! -d tools/node/node_modules/playwright-core ]; then
@@ -75,6 +82,7 @@ export TOKENTRAIL_CARGO_LAMBDA="$ROOT/.venv-tools/bin/cargo-lambda"
 TOKENTRAIL_CHROMIUM=$(command -v chromium)
 export TOKENTRAIL_CHROMIUM
 export TOKENTRAIL_NODE_MODULES="$ROOT/tools/node/node_modules"
+export TOKENTRAIL_PROMETHEUS=/usr/bin/prometheus
 export TOKENTRAIL_REQUIRE_TOOLS=1
 
 step "cargo fmt --check"

@@ -208,3 +208,175 @@ async fn demo_request_is_one_trace_in_jaeger() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Jaeger's Monitor tab (Service Performance Monitoring) with the committed configuration
+/// (`tools/jaeger/spm.yaml`, `tools/jaeger/prometheus.yml`): a load run's traces go to Jaeger,
+/// the spanmetrics connector turns them into RED metrics, Debian's Prometheus scrapes them, and
+/// Jaeger's metrics API (what the Monitor tab reads) answers per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jaeger_monitor_metrics_come_from_the_hops_spans() {
+    let Some(jaeger_bin) = support::tool("TOKENTRAIL_JAEGER_BIN", "a Jaeger v2 binary") else {
+        return;
+    };
+    let Some(prometheus) = support::tool("TOKENTRAIL_PROMETHEUS", "Debian's prometheus") else {
+        return;
+    };
+    let dir = support::tempdir("jaeger-spm");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let ports: BTreeMap<&str, u16> = [
+        "JAEGER_QUERY_HTTP",
+        "JAEGER_QUERY_GRPC",
+        "PROMETHEUS_HTTP",
+        "JAEGER_OTLP_HTTP",
+        "JAEGER_OTLP_GRPC",
+        "JAEGER_SPANMETRICS_HTTP",
+    ]
+    .into_iter()
+    .map(|k| (k, support::free_port()))
+    .collect();
+    // The committed Prometheus configuration, pointed at this Jaeger's exporter port.
+    let prom_config = std::fs::read_to_string(repo.join("tools/jaeger/prometheus.yml"))
+        .unwrap()
+        .replace(
+            "127.0.0.1:8889",
+            &format!("127.0.0.1:{}", ports["JAEGER_SPANMETRICS_HTTP"]),
+        );
+    std::fs::write(dir.join("prometheus.yml"), prom_config).unwrap();
+    let _prom = tokio::process::Command::new(&prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--web.listen-address=127.0.0.1:{}",
+            ports["PROMETHEUS_HTTP"]
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("prometheus.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts");
+    let mut jaeger = tokio::process::Command::new(&jaeger_bin);
+    jaeger
+        .arg("--config")
+        .arg(repo.join("tools/jaeger/spm.yaml"))
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("jaeger.log")).unwrap(),
+        ))
+        .kill_on_drop(true);
+    for (k, port) in &ports {
+        jaeger.env(k, format!("127.0.0.1:{port}"));
+    }
+    let _jaeger = jaeger.spawn().expect("jaeger starts");
+    let http = reqwest::Client::new();
+    let query = ports["JAEGER_QUERY_HTTP"];
+    assert!(
+        support::jaeger_answers(query).await,
+        "Jaeger did not start; see {}",
+        dir.join("jaeger.log").display()
+    );
+
+    let run = tokio::process::Command::new(support::bin())
+        .args([
+            "load",
+            "--local",
+            "--pattern",
+            "both",
+            "--rate",
+            "40",
+            "--duration",
+            "10s",
+            "--warmup",
+            "1s",
+            "--faults",
+            "expired=0.1",
+            "--out",
+        ])
+        .arg(dir.join("out"))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", ports["JAEGER_OTLP_HTTP"]),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+
+    // Flush (5 s) + scrape (5 s) + query: poll for a minute.
+    let mut last = Value::Null;
+    for _ in 0..120 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let mut got = BTreeMap::new();
+        for (what, extra) in [
+            ("calls", ""),
+            ("latencies", "&quantile=0.95"),
+            ("errors", ""),
+        ] {
+            let url = format!(
+                "http://127.0.0.1:{query}/api/metrics/{what}?service=gateway&service=broker&endTs={now_ms}&lookback=600000&step=5000&ratePer=60000{extra}"
+            );
+            if let Ok(r) = http.get(&url).send().await
+                && let Ok(v) = r.json::<Value>().await
+            {
+                got.insert(what, v);
+            }
+        }
+        let services = |v: &Value| -> BTreeSet<String> {
+            v["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    m["metricPoints"].as_array().is_some_and(|p| {
+                        p.iter().any(|x| {
+                            x["gaugeValue"]["doubleValue"]
+                                .as_f64()
+                                .is_some_and(|d| d > 0.0)
+                        })
+                    })
+                })
+                .filter_map(|m| {
+                    m["labels"].as_array()?.iter().find_map(|l| {
+                        (l["name"] == "service_name")
+                            .then(|| l["value"].as_str().unwrap_or("").to_owned())
+                    })
+                })
+                .collect()
+        };
+        let want: BTreeSet<String> = ["broker".to_owned(), "gateway".to_owned()].into();
+        if got.get("calls").is_some_and(|v| services(v) == want)
+            && got.get("latencies").is_some_and(|v| services(v) == want)
+        {
+            // The expired tokens' rejections are errors in the gateway's spans.
+            assert!(
+                got.get("errors")
+                    .is_some_and(|v| services(v).contains("gateway")),
+                "{got:?}"
+            );
+            return;
+        }
+        last = serde_json::to_value(&got).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "Jaeger's metrics API never showed gateway and broker; last: {last}; logs in {}",
+        dir.display()
+    );
+}

@@ -227,6 +227,23 @@ pub struct Jaeger {
     pub query: u16,
 }
 
+/// Wait (up to 30 s) until Jaeger's query API on `query` answers.
+pub async fn jaeger_answers(query: u16) -> bool {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http
+            .get(format!("http://127.0.0.1:{query}/api/services"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Start Jaeger from `bin`, its config and log in `dir`; waits until the query API answers.
 pub async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
     let (otlp_grpc, otlp_http, query, query_grpc, health) = (
@@ -292,22 +309,13 @@ exporters:
         .kill_on_drop(true)
         .spawn()
         .expect("jaeger starts");
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http
-            .get(format!("http://127.0.0.1:{query}/api/services"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Jaeger {
-                _child: child,
-                otlp_http,
-                otlp_grpc,
-                query,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if jaeger_answers(query).await {
+        return Jaeger {
+            _child: child,
+            otlp_http,
+            otlp_grpc,
+            query,
+        };
     }
     panic!(
         "Jaeger did not start; see {}",
