@@ -51,7 +51,14 @@ struct Function {
     _function: Child,
 }
 
-async fn start_function(cargo_lambda: &PathBuf, hop: &str, env: &[(&str, String)]) -> Function {
+/// Start `hop` as a function attached to a new emulator; its stdout (where a function's EMF
+/// metric lines go, as CloudWatch Logs collects them) is written to `stdout`.
+async fn start_function(
+    cargo_lambda: &PathBuf,
+    hop: &str,
+    env: &[(&str, String)],
+    stdout: &std::path::Path,
+) -> Function {
     let port = support::free_port();
     let emulator = Command::new(cargo_lambda)
         .args([
@@ -79,7 +86,9 @@ async fn start_function(cargo_lambda: &PathBuf, hop: &str, env: &[(&str, String)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("TOKENTRAIL_LOG", "off")
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(
+            std::fs::File::create(stdout).expect("stdout file"),
+        ))
         .stderr(Stdio::null())
         .kill_on_drop(true);
     for (k, v) in env {
@@ -178,7 +187,7 @@ async fn lambda_front_doors_under_cargo_lambda() {
     let expired = login("-120").await;
 
     // --- the interceptor, invoked through Lambda's Invoke API ---
-    let f = start_function(&cl, "interceptor", &env).await;
+    let f = start_function(&cl, "interceptor", &env, &out.join("interceptor.stdout")).await;
     let invoke = format!(
         "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
         f.port
@@ -306,7 +315,7 @@ async fn lambda_front_doors_under_cargo_lambda() {
     );
 
     // --- the target's lambda_http entry through the function URL ---
-    let t = start_function(&cl, "target", &env).await;
+    let t = start_function(&cl, "target", &env, &out.join("target.stdout")).await;
     let url = format!("http://127.0.0.1:{}/lambda-url/_/orders/A-1001", t.port);
     let mut resp = None;
     for _ in 0..100 {
@@ -335,5 +344,59 @@ async fn lambda_front_doors_under_cargo_lambda() {
     assert_eq!(target.service, "target");
     drain(&mut segments);
     under_function(&segments, target);
+
+    // Each function wrote CloudWatch EMF lines on stdout: one per hop span, the first with a
+    // ColdStart document.
+    use telemetry::attrs::metric;
+    for (hop, file) in [
+        ("gateway.interceptor", "interceptor.stdout"),
+        ("target.api", "target.stdout"),
+    ] {
+        let text = std::fs::read_to_string(out.join(file)).expect("function stdout");
+        let docs: Vec<Value> = text
+            .lines()
+            .filter(|l| l.starts_with("{\"_aws\""))
+            .map(|l| serde_json::from_str(l).expect("EMF line is JSON"))
+            .collect();
+        let metrics_of = |d: &Value| -> Vec<String> {
+            d["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|x| x["Name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let hops: Vec<&Value> = docs
+            .iter()
+            .filter(|d| metrics_of(d).contains(&metric::HOP_DURATION.to_owned()))
+            .collect();
+        assert!(hops.len() >= 2, "{file}: {text}");
+        for d in &hops {
+            assert_eq!(
+                d["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+                metric::EMF_NAMESPACE
+            );
+            assert_eq!(d["Hop"], hop, "{d}");
+            assert!(d[metric::HOP_DURATION].as_f64().is_some_and(|v| v > 0.0));
+            assert!(d["traceId"].as_str().is_some_and(|t| t.starts_with("1-")));
+        }
+        assert!(hops.iter().any(
+            |d| d["Outcome"] == "rejected" && d["Reason"] == "missing_token"
+                || d["Outcome"] == "ok"
+        ));
+        let cold: Vec<&Value> = docs
+            .iter()
+            .filter(|d| metrics_of(d) == [metric::EMF_COLD_START])
+            .collect();
+        assert_eq!(
+            cold.len(),
+            1,
+            "one cold start per execution environment: {text}"
+        );
+        assert_eq!(cold[0]["Hop"], hop);
+        assert!(!text.contains("eyJ"), "no token on stdout");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

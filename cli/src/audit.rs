@@ -17,6 +17,21 @@ use serde::Serialize;
 use telemetry::attrs;
 use telemetry::otlp::StoredSpan;
 
+/// The attributes an audit reads (a store scan decodes these and no others).
+pub const AUDITED: &[&str] = &[
+    attrs::PATTERN,
+    attrs::HOP_NAME,
+    attrs::HOP_INDEX,
+    attrs::HOP_OUTCOME,
+    attrs::FAILURE_REASON,
+    attrs::CREDENTIAL_KIND,
+    attrs::CREDENTIAL_FINGERPRINT,
+    attrs::CREDENTIAL_ISSUER,
+    attrs::CREDENTIAL_SUBJECT,
+    attrs::ENDUSER_ID,
+    attrs::BROKER_CACHE,
+];
+
 /// An identity as a hop recorded it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {

@@ -41,10 +41,10 @@ pub fn store(path: &Path) -> Result<Fetched> {
     } else {
         path.to_owned()
     };
-    // The audit reads only the hop spans' tokentrail attributes and `enduser.id`; every
-    // JWT-shaped value, in any span, is still found.
+    // The audit reads only the hop spans' audited attributes; every JWT-shaped value, in any
+    // span and any attribute, is still found.
     let filter = telemetry::otlp::ScanFilter {
-        keep: &|k| k.starts_with("tokentrail.") || k == telemetry::attrs::ENDUSER_ID,
+        keep: &|k| crate::audit::AUDITED.contains(&k),
         only_with: Some(telemetry::attrs::HOP_NAME),
     };
     let spans = telemetry::otlp::scan_store(&file, &filter)
