@@ -109,6 +109,27 @@ fn planted_violations_fail_the_audit_with_their_reason() {
     assert_eq!(code, 0, "{table}");
     assert!(table.contains("0 violation(s)"), "{table}");
 
+    // The audit index: an unchanged store is read from it, with the same result as from the
+    // spans; deleted, it is rebuilt.
+    let stderr_of = |store: &Path| {
+        let out = std::process::Command::new(support::bin())
+            .args(["audit", "--store"])
+            .arg(store)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (again, note) = stderr_of(&out);
+    assert!(note.contains("read the audit index"), "{note}");
+    assert_eq!(again, table);
+    std::fs::remove_file(out.join(".traces.jsonl.audit-index.json")).unwrap();
+    let (rebuilt, note) = stderr_of(&out);
+    assert!(note.contains("built the audit index"), "{note}");
+    assert_eq!(rebuilt, table);
+
     // 1. Broker: the user's JWT (its fingerprint, as the runtime saw it) at the target.
     let mut lines = read(&out);
     let trace = reached_trace(&mut lines, "broker");
@@ -131,6 +152,15 @@ fn planted_violations_fail_the_audit_with_their_reason() {
         table.contains("VIOLATION") && table.contains("a user JWT reached the target"),
         "{table}"
     );
+    // The same change made to the indexed store itself: the index no longer matches and the
+    // audit reads the spans again.
+    write(&out, &lines);
+    let (code, table) = audit(&out, Some(&trace));
+    assert_eq!(
+        code, 1,
+        "the index of the unchanged store is not trusted: {table}"
+    );
+    assert!(table.contains("a user JWT reached the target"), "{table}");
 
     // 2. Passthrough: the target answered someone other than who entered.
     let mut lines = read(&out);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use telemetry::attrs;
 use telemetry::otlp::StoredSpan;
 
@@ -33,7 +33,7 @@ pub const AUDITED: &[&str] = &[
 ];
 
 /// An identity as a hop recorded it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// `tokentrail.credential.kind`.
     pub kind: Option<String>,
@@ -46,7 +46,7 @@ pub struct Identity {
 }
 
 /// One hop of a request's chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HopRecord {
     /// `tokentrail.hop.name`.
     pub hop: String,
@@ -71,7 +71,7 @@ pub struct HopRecord {
 }
 
 /// The verdict on one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// Reached the target as the pattern promises.
@@ -91,7 +91,7 @@ pub enum Verdict {
 }
 
 /// One audited request (the `--format json` schema, one object per request).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     /// W3C trace id (32 hex).
     pub trace_id: String,
@@ -351,28 +351,42 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
 /// hop span (e.g. a bare IdP call) are not requests and are skipped, unless a span in them
 /// carries a JWT-shaped value (then they are a violation too).
 pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
+    let spans = match &filter.trace {
+        Some(t) => spans.into_iter().filter(|s| s.trace_id == *t).collect(),
+        None => spans,
+    };
+    select(audit_all(spans), filter)
+}
+
+/// The requests of `records` that `filter` selects, in the same order.
+pub fn select(records: Vec<Record>, filter: &Filter) -> Vec<Record> {
+    records
+        .into_iter()
+        .filter(|r| {
+            let secs = (r.start_unix_nano / 1_000_000_000) as i64;
+            filter.trace.as_ref().is_none_or(|t| *t == r.trace_id)
+                && filter.since.is_none_or(|s| secs >= s)
+                && filter.until.is_none_or(|u| secs < u)
+                && filter
+                    .pattern
+                    .as_ref()
+                    .is_none_or(|p| r.pattern.as_deref() == Some(p.as_str()))
+                && filter.user.as_ref().is_none_or(|u| {
+                    r.entered.subject.as_deref() == Some(u.as_str())
+                        || r.reached.as_ref().and_then(|x| x.subject.as_deref()) == Some(u.as_str())
+                })
+                && (!filter.violations_only || matches!(r.verdict, Verdict::Violation { .. }))
+        })
+        .collect()
+}
+
+/// Audit every request among `spans`, oldest first (see [`audit`]).
+pub fn audit_all(spans: Vec<StoredSpan>) -> Vec<Record> {
     let mut by_trace: BTreeMap<String, Vec<StoredSpan>> = BTreeMap::new();
     for s in spans {
-        if filter.trace.as_ref().is_some_and(|t| *t != s.trace_id) {
-            continue;
-        }
         by_trace.entry(s.trace_id.clone()).or_default().push(s);
     }
     let traces: Vec<(&String, &Vec<StoredSpan>)> = by_trace.iter().collect();
-    let keep = |r: &Record| {
-        let secs = (r.start_unix_nano / 1_000_000_000) as i64;
-        filter.since.is_none_or(|s| secs >= s)
-            && filter.until.is_none_or(|u| secs < u)
-            && filter
-                .pattern
-                .as_ref()
-                .is_none_or(|p| r.pattern.as_deref() == Some(p.as_str()))
-            && filter.user.as_ref().is_none_or(|u| {
-                r.entered.subject.as_deref() == Some(u.as_str())
-                    || r.reached.as_ref().and_then(|x| x.subject.as_deref()) == Some(u.as_str())
-            })
-            && (!filter.violations_only || matches!(r.verdict, Verdict::Violation { .. }))
-    };
     let audit_chunk = |chunk: &[(&String, &Vec<StoredSpan>)]| -> Vec<Record> {
         chunk
             .iter()
@@ -384,14 +398,10 @@ pub fn audit(spans: Vec<StoredSpan>, filter: &Filter) -> Vec<Record> {
                 })
             })
             .map(|(id, spans)| audit_trace(id, spans))
-            .filter(|r| keep(r))
             .collect()
     };
     // Traces are independent: audit them on every core.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 16);
+    let threads = telemetry::otlp::cores();
     let chunk = traces.len().div_ceil(threads).max(1);
     let mut out: Vec<Record> = std::thread::scope(|s| {
         let handles: Vec<_> = traces
@@ -562,15 +572,26 @@ pub enum Source {
 /// `tokentrail audit`: fetch, audit, print; exit status 1 when a violation is found.
 pub async fn run(source: &Source, filter: &Filter, format: Format) -> Result<ExitCode> {
     let now = auth::iam::now_epoch();
-    let fetched = match source {
-        Source::Store(path) => crate::sources::store(path)?,
-        Source::Jaeger(url) => crate::sources::jaeger(url, filter, now).await?,
-        Source::Xray(target) => crate::sources::xray(target, filter, now).await?,
+    let (records, notes) = match source {
+        Source::Store(path) => {
+            let path = path.clone();
+            let indexed = tokio::task::spawn_blocking(move || crate::audit_index::records(&path))
+                .await
+                .context("the audit task failed")??;
+            (select(indexed.records, filter), indexed.notes)
+        }
+        Source::Jaeger(url) => {
+            let f = crate::sources::jaeger(url, filter, now).await?;
+            (audit(f.spans, filter), f.notes)
+        }
+        Source::Xray(target) => {
+            let f = crate::sources::xray(target, filter, now).await?;
+            (audit(f.spans, filter), f.notes)
+        }
     };
-    for note in &fetched.notes {
+    for note in &notes {
         eprintln!("note: {}", telemetry::redact::scrub(note));
     }
-    let records = audit(fetched.spans, filter);
     let jaeger = match source {
         Source::Jaeger(url) => Some(url.as_str()),
         _ => None,

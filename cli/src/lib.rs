@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod audit_index;
 pub mod bench;
 pub mod dashboards;
 pub mod demo;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::audit::{Filter, Record, Verdict};
+use crate::audit::{Record, Verdict};
 use crate::dashboards::{PANELS, Panel};
 
 const PATTERNS: [&str; 2] = ["passthrough", "broker"];
@@ -892,8 +892,11 @@ pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
             .map(Path::to_path_buf)
             .unwrap_or_default()
     };
-    let fetched = crate::sources::store(&opts.store)?;
-    let records = crate::audit::audit(fetched.spans, &Filter::default());
+    let indexed = crate::audit_index::records(&opts.store)?;
+    for note in &indexed.notes {
+        eprintln!("note: {note}");
+    }
+    let records = indexed.records;
     if records.is_empty() {
         bail!(
             "no request in {}: run `tokentrail demo` or `tokentrail load --local` first",

@@ -36,11 +36,7 @@ fn window(filter: &Filter, now: i64) -> (i64, i64) {
 
 /// Read the local store (a directory holding `traces.jsonl`, or the file).
 pub fn store(path: &Path) -> Result<Fetched> {
-    let file = if path.is_dir() {
-        path.join("traces.jsonl")
-    } else {
-        path.to_owned()
-    };
+    let file = crate::audit_index::store_file(path);
     // The audit reads only the hop spans' audited attributes; every JWT-shaped value, in any
     // span and any attribute, is still found.
     let filter = telemetry::otlp::ScanFilter {

@@ -460,6 +460,83 @@ pub fn read_store(path: &Path) -> Result<Vec<StoredSpan>, OtlpError> {
 /// One part's spans and newline count, or the part's failing line (0-based) and why.
 type PartResult = Result<(Vec<StoredSpan>, usize), (usize, serde_json::Error)>;
 
+/// The threads to spread store work over: one per core, at most 16.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
+/// Length and content digest of a store file: SHA-256 over the SHA-256 of each 64 MiB block
+/// (blocks hashed on every core), hex. Any change to any byte changes it.
+pub fn store_digest(path: &Path) -> Result<(u64, String), OtlpError> {
+    use std::io::Read;
+    const BLOCK: usize = 64 << 20;
+    let io = |source| OtlpError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let threads = cores();
+    let mut digests: Vec<[u8; 32]> = Vec::new();
+    let mut len = 0u64;
+    let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; BLOCK]).collect();
+    loop {
+        // Fill up to one block per thread, then hash them in parallel.
+        let mut filled = Vec::with_capacity(threads);
+        for buf in bufs.iter_mut() {
+            let mut n = 0;
+            while n < BLOCK {
+                match file.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            filled.push(n);
+            if n < BLOCK {
+                break;
+            }
+        }
+        if filled.is_empty() {
+            break;
+        }
+        len += filled.iter().map(|n| *n as u64).sum::<u64>();
+        let hashed: Option<Vec<[u8; 32]>> = std::thread::scope(|s| {
+            let handles: Vec<_> = bufs
+                .iter()
+                .zip(&filled)
+                .map(|(buf, n)| {
+                    s.spawn(move || {
+                        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf[..*n]);
+                        let mut out = [0u8; 32];
+                        out.copy_from_slice(d.as_ref());
+                        out
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().ok()).collect()
+        });
+        let hashed =
+            hashed.ok_or_else(|| io(std::io::Error::other("a hashing thread panicked")))?;
+        let last = filled.last().is_some_and(|n| *n < BLOCK);
+        digests.extend(hashed);
+        if last {
+            break;
+        }
+    }
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for d in &digests {
+        ctx.update(d);
+    }
+    Ok((len, hex::encode(ctx.finish().as_ref())))
+}
+
 /// What [`scan_store`] keeps.
 pub struct ScanFilter<'a> {
     /// Attributes kept (by key); the others are dropped.
@@ -489,10 +566,7 @@ fn scan_store_in_blocks(
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 16);
+    let threads = cores();
     let block_bytes = block_bytes.max(1);
     // One thread reads blocks of whole lines while the others parse the previous block. The
     // block buffers go back to the reader once parsed: reused memory is neither faulted in nor
@@ -1027,6 +1101,22 @@ mod tests {
         .unwrap();
         assert_eq!(runtime_only.len(), 2, "the planted line's spans only");
         assert!(runtime_only.iter().all(|s| !s.jwt_shaped.is_empty()));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_store_digest_changes_with_any_byte() {
+        let path = store(&["{\"resourceSpans\":[]}".to_owned(), "{}".to_owned()]);
+        let (len, d1) = store_digest(&path).unwrap();
+        assert_eq!(len, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(store_digest(&path).unwrap().1, d1, "stable");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_ne!(store_digest(&path).unwrap().1, d1);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(store_digest(&path).unwrap().0, 0);
+        assert!(store_digest(Path::new("/nonexistent/traces.jsonl")).is_err());
         let _ = std::fs::remove_file(path);
     }
 
