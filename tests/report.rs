@@ -256,6 +256,31 @@ fn the_demo_report_renders_in_chromium_with_both_patterns_in_every_panel() {
     );
 
     check_dashboards(&emitted, &emf_names, &report_metrics);
+
+    // A second demo into the same store: its report shows its own run; `report` with no window
+    // shows every run in the store.
+    let first = std::fs::read_to_string(&html_path).unwrap();
+    assert!(
+        first.contains("40 requests (20 passthrough, 20 broker)"),
+        "one demo run"
+    );
+    demo(&out);
+    let second = std::fs::read_to_string(&html_path).unwrap();
+    assert!(
+        second.contains("40 requests (20 passthrough, 20 broker)"),
+        "its own run"
+    );
+    let run = std::process::Command::new(support::bin())
+        .args(["report", "--store"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let both = std::fs::read_to_string(&html_path).unwrap();
+    assert!(
+        both.contains("80 requests (40 passthrough, 40 broker)"),
+        "the whole store"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

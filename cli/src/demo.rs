@@ -327,6 +327,8 @@ pub async fn run(
     fault: Option<BrokerFault>,
 ) -> Result<ExitCode> {
     let requests = requests.max(1);
+    // The store may hold earlier runs: the report shows this one.
+    let started = auth::iam::now_epoch();
     if fault.is_some() && patterns == Patterns::Passthrough {
         anyhow::bail!("--broker-fault applies to the broker pattern: add --pattern broker or both");
     }
@@ -453,6 +455,8 @@ pub async fn run(
         out: None,
         jaeger: None,
         png: false,
+        since: Some(started),
+        until: None,
     });
     match &report {
         Ok((html, _)) => println!("  report: {}", html.display()),

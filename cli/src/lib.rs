@@ -220,6 +220,12 @@ pub enum Command {
         /// Also render a PNG next to the page with headless Chromium.
         #[arg(long)]
         png: bool,
+        /// Only requests started at or after: RFC 3339, Unix seconds, or an age (15m, 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only requests started before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Write the Grafana dashboard and the CloudWatch dashboard body and queries (generated from
     /// the same panel definitions as the report).
@@ -375,12 +381,18 @@ pub fn main() -> ExitCode {
                 out,
                 jaeger,
                 png,
+                since,
+                until,
             } => {
+                let now = auth::iam::now_epoch();
+                let time = |t: Option<String>| t.map(|s| audit::parse_time(&s, now)).transpose();
                 let opts = report::ReportOptions {
                     store,
                     out,
                     jaeger,
                     png,
+                    since: time(since)?,
+                    until: time(until)?,
                 };
                 tokio::task::spawn_blocking(move || report::run(&opts))
                     .await

@@ -880,6 +880,10 @@ pub struct ReportOptions {
     pub jaeger: Option<String>,
     /// Also render a PNG next to it with headless Chromium.
     pub png: bool,
+    /// Only requests started at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Only requests started before (Unix seconds).
+    pub until: Option<i64>,
 }
 
 /// Build the report; returns the HTML file written (and the PNG, when asked).
@@ -896,21 +900,55 @@ pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
     for note in &indexed.notes {
         eprintln!("note: {note}");
     }
-    let records = indexed.records;
+    let window = crate::audit::Filter {
+        since: opts.since,
+        until: opts.until,
+        ..crate::audit::Filter::default()
+    };
+    let records = crate::audit::select(indexed.records, &window);
     if records.is_empty() {
         bail!(
-            "no request in {}: run `tokentrail demo` or `tokentrail load --local` first",
-            opts.store.display()
+            "no request in {}{}: run `tokentrail demo` or `tokentrail load --local` first",
+            opts.store.display(),
+            if opts.since.is_some() || opts.until.is_some() {
+                " in the --since/--until window"
+            } else {
+                ""
+            }
         );
     }
     let load_path = store_dir.join("load.json");
-    let load = match std::fs::read_to_string(&load_path) {
+    let load: Option<Value> = match std::fs::read_to_string(&load_path) {
         Ok(text) => Some(
             serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", load_path.display()))?,
         ),
         Err(_) => None,
     };
+    // A store collects every run written to it: say so when it holds more than the load run.
+    if let Some(l) = load
+        .as_ref()
+        .filter(|_| opts.since.is_none() && opts.until.is_none())
+        && let Some(started) = l["started_at"].as_str()
+        && let Ok(start) = crate::audit::parse_time(started, 0)
+    {
+        let length =
+            l["warmup_s"].as_f64().unwrap_or(0.0) + l["duration_s"].as_f64().unwrap_or(0.0);
+        // Requests answer within the app's 30 s timeout after the last one is sent.
+        let end = start + length.ceil() as i64 + 31;
+        let outside = records
+            .iter()
+            .map(|r| (r.start_unix_nano / 1_000_000_000) as i64)
+            .filter(|s| *s < start - 1 || *s > end)
+            .count();
+        if outside > 0 {
+            eprintln!(
+                "note: {} also holds {outside} request(s) from outside the load run of {started} (an earlier or later demo or load); `--since {started} --until {}` shows the load run alone",
+                opts.store.display(),
+                auth::iam::epoch_to_rfc3339(end)
+            );
+        }
+    }
     let model = Model {
         jaeger: opts.jaeger.clone(),
         records,
