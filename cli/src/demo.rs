@@ -459,7 +459,7 @@ pub async fn run(
         until: None,
     });
     match &report {
-        Ok((html, _)) => println!("  report: {}", html.display()),
+        Ok(written) => println!("  report: {}", written.html.display()),
         Err(e) => println!("  report: could not be written: {e:#}"),
     }
     let mut leaks = scan_for_jwts(out);

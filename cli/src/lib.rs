@@ -398,9 +398,12 @@ pub fn main() -> ExitCode {
                     .await
                     .map_err(|e| anyhow::anyhow!("the report task failed: {e}"))
                     .and_then(|r| r)
-                    .map(|(html, png)| {
-                        println!("report: {}", html.display());
-                        if let Some(png) = png {
+                    .map(|written| {
+                        for note in &written.notes {
+                            eprintln!("note: {note}");
+                        }
+                        println!("report: {}", written.html.display());
+                        if let Some(png) = written.png {
                             println!("screenshot: {}", png.display());
                         }
                         ExitCode::SUCCESS

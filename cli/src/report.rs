@@ -886,8 +886,19 @@ pub struct ReportOptions {
     pub until: Option<i64>,
 }
 
-/// Build the report; returns the HTML file written (and the PNG, when asked).
-pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
+/// What [`run`] wrote, and notes for the user (the audit index, requests outside the load run).
+#[derive(Debug)]
+pub struct Written {
+    /// The page.
+    pub html: PathBuf,
+    /// The screenshot, when asked.
+    pub png: Option<PathBuf>,
+    /// Notes for stderr.
+    pub notes: Vec<String>,
+}
+
+/// Build the report.
+pub fn run(opts: &ReportOptions) -> Result<Written> {
     let store_dir = if opts.store.is_dir() {
         opts.store.clone()
     } else {
@@ -897,9 +908,7 @@ pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
             .unwrap_or_default()
     };
     let indexed = crate::audit_index::records(&opts.store)?;
-    for note in &indexed.notes {
-        eprintln!("note: {note}");
-    }
+    let mut notes = indexed.notes;
     let window = crate::audit::Filter {
         since: opts.since,
         until: opts.until,
@@ -942,11 +951,11 @@ pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
             .filter(|s| *s < start - 1 || *s > end)
             .count();
         if outside > 0 {
-            eprintln!(
-                "note: {} also holds {outside} request(s) from outside the load run of {started} (an earlier or later demo or load); `--since {started} --until {}` shows the load run alone",
+            notes.push(format!(
+                "{} also holds {outside} request(s) from outside the load run of {started} (an earlier or later demo or load); `--since {started} --until {}` shows the load run alone",
                 opts.store.display(),
                 auth::iam::epoch_to_rfc3339(end)
-            );
+            ));
         }
     }
     let model = Model {
@@ -966,7 +975,11 @@ pub fn run(opts: &ReportOptions) -> Result<(PathBuf, Option<PathBuf>)> {
     } else {
         None
     };
-    Ok((out, png))
+    Ok(Written {
+        html: out,
+        png,
+        notes,
+    })
 }
 
 /// The Chromium binary: `TOKENTRAIL_CHROMIUM`, else `chromium`, `chromium-browser`,
