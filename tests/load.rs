@@ -205,6 +205,24 @@ fn stack_faults_show_where_each_pattern_depends_on_what() {
     let stopped = rejections[0]["count"].as_u64().unwrap();
     assert!((15..=45).contains(&stopped), "{stopped}");
     assert!(br["outcomes"]["ok"].as_u64().unwrap() >= 50, "{br}");
+    // The report shades each fault's window on both time charts.
+    let report = std::process::Command::new(support::bin())
+        .args(["report", "--store"])
+        .arg(dir.join("outages"))
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let html = std::fs::read_to_string(dir.join("outages").join("report.html")).unwrap();
+    assert_eq!(
+        html.matches(r#"class="fault""#).count(),
+        6,
+        "3 faults x 2 charts"
+    );
+    assert!(html.contains("broker outage from 2.0 s to 4.0 s of the measured period"));
 
     let doc = load_with(
         &dir.join("latency"),

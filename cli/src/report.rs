@@ -160,13 +160,24 @@ fn nice_max(v: f64) -> f64 {
     10.0 * mag
 }
 
-/// A line chart. `x_ticks` are (position, label); y starts at 0.
+/// A shaded x range of a chart, with its label (a stack fault's window).
+struct Band {
+    from: f64,
+    to: f64,
+    /// Short, drawn in the band.
+    label: String,
+    /// Long, on hover.
+    title: String,
+}
+
+/// A line chart. `x_ticks` are (position, label); y starts at 0; `bands` are shaded.
 fn line_chart(
     series: &[Series],
     x_ticks: &[(f64, String)],
     x_label: &str,
     y_label: &str,
     pattern_of: impl Fn(&str) -> &'static str,
+    bands: &[Band],
 ) -> String {
     let (w, h, l, r, t, b) = (640.0, 280.0, 60.0, 150.0, 12.0, 40.0);
     let xs = series
@@ -187,6 +198,21 @@ fn line_chart(
         r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{}">"#,
         esc(y_label)
     );
+    for (i, band) in bands.iter().enumerate() {
+        let (a, z) = (px(band.from.max(x0)), px(band.to.min(x1)));
+        if z > a {
+            let _ = write!(
+                svg,
+                r##"<rect class="fault" x="{a:.1}" y="{t}" width="{:.1}" height="{:.1}" fill="#f2c14e" opacity="0.3"><title>{}</title></rect><text x="{:.1}" y="{:.1}" class="tick">{}</text>"##,
+                z - a,
+                h - t - b,
+                esc(&band.title),
+                a + 3.0,
+                t + 12.0 + 12.0 * i as f64,
+                esc(&band.label)
+            );
+        }
+    }
     for i in 0..=4 {
         let y = ymax * f64::from(i) / 4.0;
         let _ = write!(
@@ -510,7 +536,7 @@ fn e2e_latency(m: &Model) -> String {
         .map(|p| (nines(*p), format!("p{p}")))
         .filter(|(x, _)| *x <= max_x)
         .collect();
-    let chart = line_chart(&series, &ticks, "percentile", "ms", pattern_of);
+    let chart = line_chart(&series, &ticks, "percentile", "ms", pattern_of, &[]);
     format!(
         r#"{chart}<table><thead><tr><th>requests that reached the target</th><th>n</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th></tr></thead><tbody>{rows}</tbody></table><p class="note">Cold cache: the broker exchanged a fresh service token (<code>tokentrail.broker.cache=miss</code>); warm: it served a cached one.</p>"#
     )
@@ -597,6 +623,37 @@ fn failure_points(m: &Model) -> String {
     out
 }
 
+/// The stack faults of the load run, as x ranges of the time charts (seconds since the first
+/// request, `first_ns`): only when the page shows that load run (its first request is the run's).
+fn fault_bands(m: &Model, first_ns: u64) -> Vec<Band> {
+    let Some(load) = &m.load else {
+        return Vec::new();
+    };
+    let started = load["started_at"]
+        .as_str()
+        .and_then(|s| crate::audit::parse_time(s, 0).ok());
+    let first_s = (first_ns / 1_000_000_000) as i64;
+    if started.is_none_or(|s| (first_s - s).abs() > 2) {
+        return Vec::new();
+    }
+    let warmup = load["warmup_s"].as_f64().unwrap_or(0.0);
+    load["stack_faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| Band {
+            from: warmup + f["from_s"].as_f64().unwrap_or(0.0),
+            to: warmup + f["until_s"].as_f64().unwrap_or(0.0),
+            label: format!(
+                "{} {}",
+                f["target"].as_str().unwrap_or("?"),
+                f["kind"].as_str().unwrap_or("?")
+            ),
+            title: crate::load::describe_fault(f),
+        })
+        .collect()
+}
+
 fn throughput(m: &Model) -> String {
     let start = m
         .records
@@ -659,6 +716,7 @@ fn throughput(m: &Model) -> String {
             total_bad as f64 * 100.0 / total as f64
         );
     }
+    let bands = fault_bands(m, start);
     let ticks: Vec<(f64, String)> = (0..=4)
         .map(|i| {
             let x = (buckets.saturating_sub(1)) as f64 * bucket_s * f64::from(i) / 4.0;
@@ -674,13 +732,21 @@ fn throughput(m: &Model) -> String {
         .collect();
     format!(
         r#"<div class="pair">{}{}</div><table><thead><tr><th>pattern</th><th>requests</th><th>mean req/s</th><th>not reaching the target</th><th>error rate</th></tr></thead><tbody>{rows}</tbody></table><p class="note">Buckets of {bucket_s:.0} s from the first request; error = any request that did not reach the target (rejections included).</p>"#,
-        line_chart(&rate, &ticks, "time since start", "requests/s", pattern_of),
+        line_chart(
+            &rate,
+            &ticks,
+            "time since start",
+            "requests/s",
+            pattern_of,
+            &bands
+        ),
         line_chart(
             &errors,
             &ticks,
             "time since start",
             "error rate %",
-            pattern_of
+            pattern_of,
+            &bands
         ),
     )
 }

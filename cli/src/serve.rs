@@ -330,9 +330,21 @@ fn with_fault_file(router: Router, path: std::path::PathBuf, hop: HopName) -> Ro
                             let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
                             if modified != s.modified {
                                 s.modified = modified;
-                                s.window = std::fs::read(&path)
-                                    .ok()
-                                    .and_then(|b| serde_json::from_slice(&b).ok());
+                                s.window = match std::fs::read(&path) {
+                                    // No file: no fault.
+                                    Err(_) => None,
+                                    Ok(bytes) => match serde_json::from_slice(&bytes) {
+                                        Ok(w) => Some(w),
+                                        Err(e) => {
+                                            tracing::warn!(
+                                                path = %path.display(),
+                                                error = %e,
+                                                "ignoring the fault file: it is not a fault window"
+                                            );
+                                            None
+                                        }
+                                    },
+                                };
                             }
                         }
                         s.window
