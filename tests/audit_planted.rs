@@ -68,6 +68,28 @@ fn str_value(v: Option<&Value>) -> Option<String> {
     v.and_then(|v| v["stringValue"].as_str()).map(str::to_owned)
 }
 
+/// An export line holding only the `hop` span of `trace` (from the line it is on).
+fn only_span(lines: &[Value], trace: &str, hop: &str) -> Value {
+    for line in lines {
+        for rs in line["resourceSpans"].as_array().unwrap() {
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                for s in ss["spans"].as_array().unwrap() {
+                    if s["traceId"] == trace
+                        && str_value(attr(s, "tokentrail.hop.name")).as_deref() == Some(hop)
+                    {
+                        let mut ss = ss.clone();
+                        ss["spans"] = json!([s]);
+                        let mut rs = rs.clone();
+                        rs["scopeSpans"] = json!([ss]);
+                        return json!({ "resourceSpans": [rs] });
+                    }
+                }
+            }
+        }
+    }
+    panic!("no {hop} span in {trace}");
+}
+
 /// The trace id (hex, as the audit prints it) of a request of `pattern` that reached the target.
 fn reached_trace(lines: &mut [Value], pattern: &str) -> String {
     spans_mut(lines)
@@ -222,5 +244,40 @@ fn planted_violations_fail_the_audit_with_their_reason() {
         "{table}"
     );
     assert!(!table.contains(&jwt), "the report never repeats the value");
+
+    // 5. Appended to an indexed store: a new export holding one more span of an existing request,
+    //    with a JWT-shaped attribute. The index is extended (only the new line is parsed, the
+    //    request's earlier lines are read back), and the result equals a rebuild from the spans.
+    let grown = dir.join("appended");
+    let lines = read(&out);
+    write(&grown, &lines);
+    let (_, clean) = audit(&grown, None);
+    assert!(!clean.contains("JWT-shaped"), "{clean}");
+    let mut extra = only_span(&lines, &trace, "gateway.inbound");
+    {
+        let span = &mut extra["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        span["spanId"] = json!("00000000000000aa");
+        set_attr(span, "app.note", json!({"stringValue": jwt}));
+    }
+    let mut store = std::fs::OpenOptions::new()
+        .append(true)
+        .open(grown.join("traces.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut store, format!("{extra}\n").as_bytes()).unwrap();
+    let (extended, note) = stderr_of(&grown);
+    assert!(note.contains("extended the audit index"), "{note}");
+    assert!(
+        extended.contains("JWT-shaped value") && extended.contains(&trace),
+        "{extended}"
+    );
+    assert_eq!(
+        extended.lines().count(),
+        clean.lines().count(),
+        "the request was audited again, not added twice"
+    );
+    std::fs::remove_file(grown.join(".traces.jsonl.audit-index.json")).unwrap();
+    let (rebuilt, note) = stderr_of(&grown);
+    assert!(note.contains("built the audit index"), "{note}");
+    assert_eq!(extended, rebuilt, "extending = rebuilding");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,23 +1,31 @@
-//! The audit index of a span store: every request's audit record, saved next to the store
-//! (`.<store file>.audit-index.json`) with the store's length and content digest
-//! ([`telemetry::otlp::store_digest`]: SHA-256 over its 64 MiB blocks' SHA-256, hashed on every
-//! core). An audit or a report of an unchanged store reads the index instead of parsing every
-//! span again; any change to the store (an appended export, an edited byte) changes the digest, and
-//! the index is rebuilt from the spans. The digest is taken before the spans are read, so an
-//! export appended meanwhile can only make the next run rebuild, never hide a request.
+//! The audit index of a span store: every request's audit record, and for every request the
+//! store lines holding its spans, saved next to the store (`.<store file>.audit-index.json`) with
+//! the store's length and content digest ([`telemetry::otlp::store_digest`]: SHA-256 over its
+//! 64 MiB blocks' SHA-256, hashed on every core).
 //!
-//! The index has the same trust as the store beside it: whoever can rewrite one can rewrite the
-//! other. Delete it at any time; `tokentrail audit` rebuilds it.
+//! - The store is unchanged (same length and digest): the records are read from the index.
+//! - The store grew and its first bytes are the indexed ones (same digest over the indexed
+//!   length): only the appended lines are parsed; a request they add spans to is audited again
+//!   from all its spans (its earlier lines are read back through the index), a new request is
+//!   audited, the rest is kept.
+//! - Anything else (an edited byte, a shorter store, another version): rebuilt from the spans.
+//!
+//! The digest is taken before the spans are read and only whole lines up to the digested
+//! length are read, so an export appended meanwhile is left for the next run, never half-read or
+//! hidden. The index has the same trust as the store beside it: whoever can rewrite one can
+//! rewrite the other. Delete it at any time; `tokentrail audit` rebuilds it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use telemetry::otlp::StoredSpan;
 
 use crate::audit::Record;
 
-/// Bumped when [`Record`] changes shape or the audit's rules change.
-const FORMAT: u32 = 1;
+/// Bumped when [`Record`] or the index changes shape, or the audit's rules change.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Index {
@@ -26,6 +34,8 @@ struct Index {
     store_len: u64,
     store_sha256: String,
     records: Vec<Record>,
+    /// Trace id → offsets of the store lines holding its audited spans.
+    lines: BTreeMap<String, Vec<u64>>,
 }
 
 /// Every request of a store, audited, and what happened to the index (for stderr).
@@ -55,45 +65,155 @@ pub fn index_file(file: &Path) -> PathBuf {
     file.with_file_name(format!(".{name}.audit-index.json"))
 }
 
-/// Every request of `store`, from its index when the index matches the store, else audited
-/// from the spans (and the index written for next time).
+/// The store's length up to the end of its last whole line (an export being appended may be
+/// half-written).
+fn whole_lines_len(file: &Path) -> Result<u64> {
+    use std::io::{Read, Seek};
+    let cannot =
+        |e: std::io::Error| anyhow::anyhow!("cannot read the span store {}: {e}", file.display());
+    let mut f = std::fs::File::open(file).map_err(cannot)?;
+    let mut end = f.metadata().map_err(cannot)?.len();
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let from = end.saturating_sub(buf.len() as u64);
+        let n = (end - from) as usize;
+        f.seek(std::io::SeekFrom::Start(from)).map_err(cannot)?;
+        f.read_exact(&mut buf[..n]).map_err(cannot)?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
+fn digest(file: &Path, len: u64) -> Result<String> {
+    let (read, digest) = telemetry::otlp::store_digest_upto(file, Some(len))
+        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
+    anyhow::ensure!(
+        read == len,
+        "the span store {} shrank while it was read",
+        file.display()
+    );
+    Ok(digest)
+}
+
+fn scan(file: &Path, from: u64, to: u64) -> Result<Vec<(u64, StoredSpan)>> {
+    telemetry::otlp::scan_store_range(file, &crate::sources::audit_scan_filter(), from, Some(to))
+        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))
+}
+
+fn read_index(path: &Path) -> Option<Index> {
+    let bytes = std::fs::read(path).ok()?;
+    let index: Index = serde_json::from_slice(&bytes).ok()?;
+    (index.format == FORMAT && index.tokentrail_version == env!("CARGO_PKG_VERSION"))
+        .then_some(index)
+}
+
+/// Add the spans of `[index.store_len, len)` to the index.
+fn extend(file: &Path, index: &mut Index, len: u64) -> Result<()> {
+    let tail = scan(file, index.store_len, len)?;
+    let touched: BTreeSet<String> = tail.iter().map(|(_, s)| s.trace_id.clone()).collect();
+    let earlier: BTreeSet<u64> = touched
+        .iter()
+        .filter_map(|t| index.lines.get(t))
+        .flatten()
+        .copied()
+        .collect();
+    let earlier: Vec<u64> = earlier.into_iter().collect();
+    let before =
+        telemetry::otlp::scan_store_lines(file, &crate::sources::audit_scan_filter(), &earlier)
+            .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
+    let mut spans: Vec<StoredSpan> = before
+        .into_iter()
+        .filter(|(_, s)| touched.contains(&s.trace_id))
+        .map(|(_, s)| s)
+        .collect();
+    for (at, s) in tail {
+        let lines = index.lines.entry(s.trace_id.clone()).or_default();
+        if lines.last() != Some(&at) {
+            lines.push(at);
+        }
+        spans.push(s);
+    }
+    let fresh = crate::audit::audit_all(spans);
+    index.records.retain(|r| !touched.contains(&r.trace_id));
+    index.records.extend(fresh);
+    index.records.sort_by_key(|r| r.start_unix_nano);
+    Ok(())
+}
+
+/// Every request of `store`, from its index when the index matches the store (extended over
+/// appended lines), else audited from the spans; the index is written for next time.
 pub fn records(store: &Path) -> Result<Indexed> {
     let file = store_file(store);
-    let (len, digest) = telemetry::otlp::store_digest(&file)
-        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
+    let len = whole_lines_len(&file)?;
     let index_path = index_file(&file);
-    if let Ok(bytes) = std::fs::read(&index_path)
-        && let Ok(index) = serde_json::from_slice::<Index>(&bytes)
-        && index.format == FORMAT
-        && index.tokentrail_version == env!("CARGO_PKG_VERSION")
-        && index.store_len == len
-        && index.store_sha256 == digest
-    {
-        return Ok(Indexed {
-            records: index.records,
-            notes: vec![format!(
-                "read the audit index {} (it matches the store's {len} bytes, SHA-256 {})",
-                index_path.display(),
-                &digest[..12]
-            )],
-        });
+    let mut notes = Vec::new();
+    if let Some(mut index) = read_index(&index_path) {
+        if index.store_len == len {
+            let digest = digest(&file, len)?;
+            if digest == index.store_sha256 {
+                notes.push(format!(
+                    "read the audit index {} (it matches the store's {len} bytes, SHA-256 {})",
+                    index_path.display(),
+                    &digest[..12]
+                ));
+                return Ok(Indexed {
+                    records: index.records,
+                    notes,
+                });
+            }
+        } else if index.store_len < len && digest(&file, index.store_len)? == index.store_sha256 {
+            let appended = len - index.store_len;
+            let digest = digest(&file, len)?;
+            // A bad appended line fails the extension: the full read below reports it with its
+            // line number.
+            if extend(&file, &mut index, len).is_ok() {
+                index.store_len = len;
+                index.store_sha256 = digest;
+                notes.push(format!(
+                    "extended the audit index {} over the {appended} bytes appended to the store",
+                    index_path.display()
+                ));
+                if let Err(e) = write(&index_path, &index) {
+                    notes.push(format!("the audit index was not written: {e:#}"));
+                }
+                return Ok(Indexed {
+                    records: index.records,
+                    notes,
+                });
+            }
+        }
     }
-    let spans = crate::sources::store(&file)?.spans;
-    let records = crate::audit::audit_all(spans);
+    let digest = digest(&file, len)?;
+    let spans = scan(&file, 0, len)?;
+    let mut lines: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let spans: Vec<StoredSpan> = spans
+        .into_iter()
+        .map(|(at, s)| {
+            let l = lines.entry(s.trace_id.clone()).or_default();
+            if l.last() != Some(&at) {
+                l.push(at);
+            }
+            s
+        })
+        .collect();
     let index = Index {
         format: FORMAT,
         tokentrail_version: env!("CARGO_PKG_VERSION").to_owned(),
         store_len: len,
         store_sha256: digest,
-        records,
+        records: crate::audit::audit_all(spans),
+        lines,
     };
-    let notes = match write(&index_path, &index) {
-        Ok(()) => vec![format!(
+    match write(&index_path, &index) {
+        Ok(()) => notes.push(format!(
             "built the audit index {} (the next audit of this store reads it)",
             index_path.display()
-        )],
-        Err(e) => vec![format!("the audit index was not written: {e:#}")],
-    };
+        )),
+        Err(e) => notes.push(format!("the audit index was not written: {e:#}")),
+    }
     Ok(Indexed {
         records: index.records,
         notes,

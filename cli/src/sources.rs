@@ -34,16 +34,22 @@ fn window(filter: &Filter, now: i64) -> (i64, i64) {
     (since, until)
 }
 
+/// The store scan of an audit: only the hop spans' audited attributes are decoded; every
+/// JWT-shaped value, in any span and any attribute, is still found.
+pub fn audit_scan_filter() -> telemetry::otlp::ScanFilter<'static> {
+    fn audited(k: &str) -> bool {
+        crate::audit::AUDITED.contains(&k)
+    }
+    telemetry::otlp::ScanFilter {
+        keep: &audited,
+        only_with: Some(telemetry::attrs::HOP_NAME),
+    }
+}
+
 /// Read the local store (a directory holding `traces.jsonl`, or the file).
 pub fn store(path: &Path) -> Result<Fetched> {
     let file = crate::audit_index::store_file(path);
-    // The audit reads only the hop spans' audited attributes; every JWT-shaped value, in any
-    // span and any attribute, is still found.
-    let filter = telemetry::otlp::ScanFilter {
-        keep: &|k| crate::audit::AUDITED.contains(&k),
-        only_with: Some(telemetry::attrs::HOP_NAME),
-    };
-    let spans = telemetry::otlp::scan_store(&file, &filter)
+    let spans = telemetry::otlp::scan_store(&file, &audit_scan_filter())
         .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
     Ok(Fetched {
         spans,

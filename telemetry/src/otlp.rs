@@ -458,7 +458,7 @@ pub fn read_store(path: &Path) -> Result<Vec<StoredSpan>, OtlpError> {
 }
 
 /// One part's spans and newline count, or the part's failing line (0-based) and why.
-type PartResult = Result<(Vec<StoredSpan>, usize), (usize, serde_json::Error)>;
+type PartResult = Result<(Vec<(usize, StoredSpan)>, usize), (usize, serde_json::Error)>;
 
 /// The threads to spread store work over: one per core, at most 16.
 pub fn cores() -> usize {
@@ -471,13 +471,21 @@ pub fn cores() -> usize {
 /// Length and content digest of a store file: SHA-256 over the SHA-256 of each 64 MiB block
 /// (blocks hashed on every core), hex. Any change to any byte changes it.
 pub fn store_digest(path: &Path) -> Result<(u64, String), OtlpError> {
+    store_digest_upto(path, None)
+}
+
+/// [`store_digest`] of the first `limit` bytes (`None`: all). Digests of the same bytes are
+/// equal whatever follows them.
+pub fn store_digest_upto(path: &Path, limit: Option<u64>) -> Result<(u64, String), OtlpError> {
     use std::io::Read;
     const BLOCK: usize = 64 << 20;
     let io = |source| OtlpError::Io {
         path: path.display().to_string(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path)
+        .map_err(io)?
+        .take(limit.unwrap_or(u64::MAX));
     let threads = cores();
     let mut digests: Vec<[u8; 32]> = Vec::new();
     let mut len = 0u64;
@@ -552,20 +560,68 @@ pub struct ScanFilter<'a> {
 /// decoded in full to say where). Same spans, same order within a line, as [`read_store`] minus
 /// what the filter drops.
 pub fn scan_store(path: &Path, filter: &ScanFilter<'_>) -> Result<Vec<StoredSpan>, OtlpError> {
-    scan_store_in_blocks(path, filter, 64 << 20)
+    Ok(scan_store_range(path, filter, 0, None)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
+}
+
+/// [`scan_store`] over the bytes `[start, end)` of the store (`start` at a line start; `end`
+/// `None`: to the end), each span with the file offset of the line it is on. Line numbers in
+/// errors count from `start`.
+pub fn scan_store_range(
+    path: &Path,
+    filter: &ScanFilter<'_>,
+    start: u64,
+    end: Option<u64>,
+) -> Result<Vec<(u64, StoredSpan)>, OtlpError> {
+    scan_store_in_blocks(path, filter, 64 << 20, start, end)
+}
+
+/// The spans of the store lines starting at `offsets` (as [`scan_store_range`] gave them), each
+/// with its line's offset.
+pub fn scan_store_lines(
+    path: &Path,
+    filter: &ScanFilter<'_>,
+    offsets: &[u64],
+) -> Result<Vec<(u64, StoredSpan)>, OtlpError> {
+    use std::io::{BufRead, Seek};
+    let io = |source| OtlpError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    for offset in offsets {
+        file.seek(std::io::SeekFrom::Start(*offset)).map_err(io)?;
+        line.clear();
+        file.read_until(b'\n', &mut line).map_err(io)?;
+        let spans = scan_part(&line, filter).map_err(|(_, source)| OtlpError::StoreLine {
+            path: format!("{} (the line at byte {offset})", path.display()),
+            line: 1,
+            source,
+        })?;
+        out.extend(spans.into_iter().map(|(_, s)| (*offset, s)));
+    }
+    Ok(out)
 }
 
 fn scan_store_in_blocks(
     path: &Path,
     filter: &ScanFilter<'_>,
     block_bytes: usize,
-) -> Result<Vec<StoredSpan>, OtlpError> {
-    use std::io::Read;
+    start: u64,
+    end: Option<u64>,
+) -> Result<Vec<(u64, StoredSpan)>, OtlpError> {
+    use std::io::{Read, Seek};
     let io = |source| OtlpError::Io {
         path: path.display().to_string(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+    let mut file = file.take(end.map_or(u64::MAX, |e| e.saturating_sub(start)));
     let threads = cores();
     let block_bytes = block_bytes.max(1);
     // One thread reads blocks of whole lines while the others parse the previous block. The
@@ -620,6 +676,7 @@ fn scan_store_in_blocks(
         });
         let mut out = Vec::new();
         let mut lines_before = 0usize;
+        let mut block_base = start;
         for block in rx {
             let (buf, len) = block.map_err(io)?;
             let block = &buf[..len];
@@ -634,15 +691,19 @@ fn scan_store_in_blocks(
                 if t == threads {
                     cut = block.len();
                 }
-                parts.push(&block[start..cut]);
+                parts.push((start, &block[start..cut]));
                 start = cut;
             }
             let results: Vec<PartResult> = std::thread::scope(|s| {
                 let handles: Vec<_> = parts
                     .iter()
-                    .map(|part| {
+                    .map(|(part_start, part)| {
                         s.spawn(move || {
                             let spans = scan_part(part, filter)?;
+                            let spans = spans
+                                .into_iter()
+                                .map(|(at, s)| (part_start + at, s))
+                                .collect();
                             Ok((spans, memchr::memchr_iter(b'\n', part).count()))
                         })
                     })
@@ -659,7 +720,7 @@ fn scan_store_in_blocks(
             for result in results {
                 match result {
                     Ok((spans, newlines)) => {
-                        out.extend(spans);
+                        out.extend(spans.into_iter().map(|(at, s)| (block_base + at as u64, s)));
                         lines_before += newlines;
                     }
                     Err((line, source)) => {
@@ -671,16 +732,18 @@ fn scan_store_in_blocks(
                     }
                 }
             }
+            block_base += len as u64;
             let _ = recycle.send(buf);
         }
         Ok(out)
     })
 }
 
+/// The spans of a run of whole lines, each with the offset (in `part`) of the line it is on.
 fn scan_part(
     part: &[u8],
     filter: &ScanFilter<'_>,
-) -> Result<Vec<StoredSpan>, (usize, serde_json::Error)> {
+) -> Result<Vec<(usize, StoredSpan)>, (usize, serde_json::Error)> {
     let mut out = Vec::new();
     // The quoted key spans must carry to be kept, searched for once per part.
     let wanted = filter
@@ -690,6 +753,7 @@ fn scan_part(
     let mut from = 0;
     let ends = memchr::memchr_iter(b'\n', part).chain(std::iter::once(part.len()));
     for (i, end) in ends.enumerate() {
+        let line_start = from;
         let line = &part[from..end];
         from = (end + 1).min(part.len());
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -709,7 +773,7 @@ fn scan_part(
                     continue;
                 }
                 s.attributes.retain(|k, _| (filter.keep)(k));
-                out.push(s);
+                out.push((line_start, s));
             }
             continue;
         }
@@ -736,7 +800,10 @@ fn scan_part(
                     }
                     let s: scan::Span<'_> = serde_json::from_str(raw.get()).map_err(|e| (i, e))?;
                     if filter.only_with.is_none_or(|k| s.has(k)) {
-                        out.push(s.to_stored(&service, filter.keep).map_err(|e| (i, e))?);
+                        out.push((
+                            line_start,
+                            s.to_stored(&service, filter.keep).map_err(|e| (i, e))?,
+                        ));
                     }
                 }
             }
@@ -1069,12 +1136,27 @@ mod tests {
         assert_eq!(fast, full);
         // Blocks smaller than a line, and a few lines per block: the same spans.
         for block in [700, 5000, 50_000] {
-            assert_eq!(
-                scan_store_in_blocks(&path, &all, block).unwrap(),
-                full,
-                "{block}"
-            );
+            let spans: Vec<StoredSpan> = scan_store_in_blocks(&path, &all, block, 0, None)
+                .unwrap()
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
+            assert_eq!(spans, full, "{block}");
         }
+        // Every span's line offset, read back line by line, gives the same spans; a range
+        // from a line start gives the spans from there on.
+        let with_lines = scan_store_range(&path, &all, 0, None).unwrap();
+        let offsets: Vec<u64> = {
+            let mut o: Vec<u64> = with_lines.iter().map(|(at, _)| *at).collect();
+            o.dedup();
+            o
+        };
+        assert_eq!(offsets.len(), 40, "one offset per line");
+        assert_eq!(scan_store_lines(&path, &all, &offsets).unwrap(), with_lines);
+        let tail = scan_store_range(&path, &all, offsets[30], None).unwrap();
+        assert_eq!(tail, with_lines[60..].to_vec());
+        let middle = scan_store_range(&path, &all, offsets[10], Some(offsets[12])).unwrap();
+        assert_eq!(middle, with_lines[20..24].to_vec());
         assert_eq!(
             fast.iter().filter(|s| !s.jwt_shaped.is_empty()).count(),
             2,
@@ -1114,6 +1196,13 @@ mod tests {
         bytes[3] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_ne!(store_digest(&path).unwrap().1, d1);
+        // A prefix's digest does not depend on what follows it.
+        let (n, prefix) = store_digest_upto(&path, Some(10)).unwrap();
+        assert_eq!(n, 10);
+        bytes.extend_from_slice(b"{\"appended\":1}\n");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(store_digest_upto(&path, Some(10)).unwrap().1, prefix);
+        assert_ne!(store_digest(&path).unwrap().1, prefix);
         std::fs::write(&path, b"").unwrap();
         assert_eq!(store_digest(&path).unwrap().0, 0);
         assert!(store_digest(Path::new("/nonexistent/traces.jsonl")).is_err());
@@ -1130,7 +1219,7 @@ mod tests {
             only_with: None,
         };
         for block in [700, 3000, 64 << 20] {
-            match scan_store_in_blocks(&path, &all, block) {
+            match scan_store_in_blocks(&path, &all, block, 0, None) {
                 Err(OtlpError::StoreLine { line, .. }) => assert_eq!(line, 4, "{block}"),
                 other => panic!("{other:?}"),
             }
