@@ -245,11 +245,41 @@ fn otlp_content_type(
         .to_owned())
 }
 
-fn store_error(e: StoreError) -> Response {
+/// Why an export was refused, as the HTTP answer's status and body.
+type Refusal = (StatusCode, String);
+
+fn store_error(e: StoreError) -> Refusal {
     match e {
-        StoreError::Invalid(e) => (StatusCode::BAD_REQUEST, e).into_response(),
-        StoreError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        StoreError::Invalid(e) => (StatusCode::BAD_REQUEST, e),
+        StoreError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// Check an OTLP request (content type, encoding, injected outage), then run `store` on the
+/// blocking pool (decoding and file work must not hold the async workers); the request's content
+/// type and what `store` returned.
+async fn store_blocking<T: Send + 'static>(
+    c: &Arc<Collector>,
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+    store: impl FnOnce(&Collector, &str, &[u8]) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(String, T), Refusal> {
+    let ct = otlp_content_type(c, headers).map_err(|(code, why)| (code, why.to_owned()))?;
+    let (collector, content_type) = (c.clone(), ct.clone());
+    match tokio::task::spawn_blocking(move || store(&collector, &content_type, &body)).await {
+        Ok(Ok(stored)) => Ok((ct, stored)),
+        Ok(Err(e)) => Err(store_error(e)),
+        Err(_) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store task failed".to_owned(),
+        )),
+    }
+}
+
+/// The OTLP success answer in the request's content type.
+fn accepted(content_type: &str) -> Response {
+    let (ct, bytes) = success_response(content_type);
+    ([(header::CONTENT_TYPE, ct)], bytes).into_response()
 }
 
 async fn receive_metrics(
@@ -257,18 +287,9 @@ async fn receive_metrics(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ct = match otlp_content_type(&c, &headers) {
-        Ok(ct) => ct,
-        Err(refused) => return refused.into_response(),
-    };
-    let content_type = ct.clone();
-    match tokio::task::spawn_blocking(move || c.store_metrics(&content_type, &body)).await {
-        Ok(Ok(())) => {
-            let (ct, bytes) = success_response(&ct);
-            ([(header::CONTENT_TYPE, ct)], bytes).into_response()
-        }
-        Ok(Err(e)) => store_error(e),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the store task failed").into_response(),
+    match store_blocking(&c, &headers, body, |c, ct, body| c.store_metrics(ct, body)).await {
+        Ok((ct, ())) => accepted(&ct),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -277,29 +298,18 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ct = match otlp_content_type(&c, &headers) {
-        Ok(ct) => ct,
-        Err(refused) => return refused.into_response(),
-    };
-    let store = c.clone();
-    let content_type = ct.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        store
-            .store(&content_type, &body)
-            .map(|export| store.forwards().then(|| export.to_protobuf()))
+    let stored = store_blocking(&c, &headers, body, |c, ct, body| {
+        c.store(ct, body)
+            .map(|export| c.forwards().then(|| export.to_protobuf()))
     })
     .await;
     match stored {
-        Ok(Ok(forward)) => {
+        Ok((ct, forward)) => {
             if let Some(protobuf) = forward {
                 c.forward(protobuf).await;
             }
+            accepted(&ct)
         }
-        Ok(Err(e)) => return store_error(e),
-        Err(_) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "the store task failed").into_response();
-        }
+        Err(refused) => refused.into_response(),
     }
-    let (ct, bytes) = success_response(&ct);
-    ([(header::CONTENT_TYPE, ct)], bytes).into_response()
 }
