@@ -235,12 +235,6 @@ struct Armed {
     described: Vec<Value>,
 }
 
-fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 fn outage_name(file: &Path) -> PathBuf {
     file.with_extension("json.outage")
 }
@@ -259,8 +253,8 @@ impl FaultPlan {
             let until = from + length;
             let window = crate::serve::FaultWindow {
                 kind: f.kind,
-                from_unix_ms: unix_ms(from),
-                until_unix_ms: unix_ms(until),
+                from_unix_ms: crate::serve::unix_ms(from),
+                until_unix_ms: crate::serve::unix_ms(until),
                 delay_ms: f.delay.as_millis() as u64,
             };
             match f.target {

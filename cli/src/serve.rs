@@ -299,9 +299,9 @@ impl FaultWindow {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+/// Unix milliseconds of `t` (0 before the epoch).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
@@ -351,7 +351,7 @@ fn with_fault_file(router: Router, path: std::path::PathBuf, hop: HopName) -> Ro
                     }
                     Err(_) => None,
                 };
-                match window.filter(|w| w.active(unix_ms())) {
+                match window.filter(|w| w.active(unix_ms(std::time::SystemTime::now()))) {
                     Some(w) if w.kind == FaultKind::Outage => (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         format!("{} is unavailable (injected outage)", hop.as_str()),

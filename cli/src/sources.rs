@@ -7,7 +7,6 @@
 //! cannot filter is filtered here, and the audit says so on stderr.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -44,17 +43,6 @@ pub fn audit_scan_filter() -> telemetry::otlp::ScanFilter<'static> {
         keep: &audited,
         only_with: Some(telemetry::attrs::HOP_NAME),
     }
-}
-
-/// Read the local store (a directory holding `traces.jsonl`, or the file).
-pub fn store(path: &Path) -> Result<Fetched> {
-    let file = crate::audit_index::store_file(path);
-    let spans = telemetry::otlp::scan_store(&file, &audit_scan_filter())
-        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
-    Ok(Fetched {
-        spans,
-        notes: Vec::new(),
-    })
 }
 
 // ---------------------------------------------------------------- Jaeger
