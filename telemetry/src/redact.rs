@@ -35,13 +35,6 @@ static AWS_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9/+=]{40,}").expect("valid aws secret regex")
 });
 
-// One pass to decide whether anything needs a closer look (the common case: nothing does).
-static ANY: LazyLock<Regex> = LazyLock::new(|| {
-    #[allow(clippy::expect_used)]
-    Regex::new(r"(?i)e[wy][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.|\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/=-]|[A-Za-z0-9/+=]{40}")
-        .expect("valid prefilter regex")
-});
-
 /// Shortest string any pattern can match.
 const SHORTEST: usize = 8;
 
@@ -55,13 +48,12 @@ pub fn contains_jwt(s: &str) -> bool {
 /// pattern only where it can match.
 pub fn may_contain_jwt(bytes: &[u8]) -> bool {
     let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-    memchr::memchr_iter(b'e', bytes).any(|p| {
-        if !matches!(bytes.get(p + 1), Some(b'w' | b'y')) {
-            return false;
-        }
+    let starts_jwt = |p: usize| {
         let run = bytes[p + 2..].iter().take_while(|b| b64(**b)).count();
         run >= 6 && bytes.get(p + 2 + run) == Some(&b'.')
-    })
+    };
+    memchr::memmem::find_iter(bytes, b"ey").any(starts_jwt)
+        || memchr::memmem::find_iter(bytes, b"ew").any(starts_jwt)
 }
 
 /// Every JWT-shaped substring of `s` (for leak scans).
@@ -69,22 +61,109 @@ pub fn find_jwts(s: &str) -> Vec<&str> {
     JWT.find_iter(s).map(|m| m.as_str()).collect()
 }
 
+/// A cheap test that is true whenever the bearer pattern can match: `bearer` or `basic` in any
+/// case (the pattern is case-insensitive under Unicode simple case folding, where `ſ` U+017F is
+/// an `s`).
+fn may_contain_bearer(bytes: &[u8]) -> bool {
+    let is = |at: usize, lower: u8| {
+        bytes
+            .get(at)
+            .is_some_and(|b| b.to_ascii_lowercase() == lower)
+    };
+    memchr::memchr2_iter(b'b', b'B', bytes).any(|p| {
+        if (1..=5).all(|i| is(p + i, b"earer"[i - 1])) {
+            return true;
+        }
+        if !is(p + 1, b'a') {
+            return false;
+        }
+        // `s` or `ſ` (two bytes in UTF-8), then `ic`.
+        let after_s = if is(p + 2, b's') {
+            p + 3
+        } else if bytes.get(p + 2..p + 4) == Some(&[0xC5, 0xBF][..]) {
+            p + 4
+        } else {
+            return false;
+        };
+        is(after_s, b'i') && is(after_s + 1, b'c')
+    })
+}
+
+/// Bytes of the AWS secret pattern's class `[A-Za-z0-9/+=]`.
+const fn aws_class_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'/' || c == b'+' || c == b'=';
+        b += 1;
+    }
+    t
+}
+static AWS_CLASS: [bool; 256] = aws_class_table();
+
+/// Whether a maximal run of the AWS secret class (what the pattern's leftmost-longest search
+/// finds) looks like a secret: exactly what [`scrub`] would replace. Only runs of 40 or more
+/// can, so the scan probes every 40th byte and looks closer only where a probe is in the class.
+fn has_aws_secret(bytes: &[u8]) -> bool {
+    const MIN: usize = 40;
+    let class = |i: usize| AWS_CLASS[usize::from(bytes[i])];
+    // Every run of MIN or more starts at or after `i`, and `i` starts a run or follows a byte
+    // outside the class.
+    let mut i = 0;
+    while i + MIN <= bytes.len() {
+        let probe = i + MIN - 1;
+        if !class(probe) {
+            i = probe + 1;
+            continue;
+        }
+        let mut start = probe;
+        while start > i && class(start - 1) {
+            start -= 1;
+        }
+        let mut end = probe + 1;
+        while end < bytes.len() && class(end) {
+            end += 1;
+        }
+        let run = &bytes[start..end];
+        if (run.len() == MIN || run.len() >= 100) && run_is_mixed(run) {
+            return true;
+        }
+        i = end + 1;
+    }
+    false
+}
+
+fn run_is_mixed(run: &[u8]) -> bool {
+    run.iter().any(u8::is_ascii_uppercase)
+        && run.iter().any(u8::is_ascii_lowercase)
+        && run.iter().any(u8::is_ascii_digit)
+}
+
+/// One pass deciding whether [`scrub`] could change `bytes` (true whenever any of its patterns
+/// would replace something; the common case, false, costs a scan without a regex).
+fn needs_scrub(bytes: &[u8]) -> bool {
+    may_contain_jwt(bytes) || may_contain_bearer(bytes) || has_aws_secret(bytes)
+}
+
 fn looks_like_aws_secret(candidate: &str) -> bool {
     let len = candidate.len();
     if len != 40 && len < 100 {
         return false;
     }
-    let upper = candidate.bytes().any(|b| b.is_ascii_uppercase());
-    let lower = candidate.bytes().any(|b| b.is_ascii_lowercase());
-    let digit = candidate.bytes().any(|b| b.is_ascii_digit());
-    upper && lower && digit
+    run_is_mixed(candidate.as_bytes())
 }
 
 /// Scrub secrets from `s`. Borrowed when nothing was found (the common case costs one scan).
 pub fn scrub(s: &str) -> Cow<'_, str> {
-    if s.len() < SHORTEST || !ANY.is_match(s) {
+    if s.len() < SHORTEST || !needs_scrub(s.as_bytes()) {
         return Cow::Borrowed(s);
     }
+    scrub_with_patterns(s)
+}
+
+/// The replacements themselves (what [`scrub`] runs once its prefilter found a candidate).
+fn scrub_with_patterns(s: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(s);
     if BEARER.is_match(&out) {
         out = Cow::Owned(BEARER.replace_all(&out, BEARER_REDACTED).into_owned());
@@ -182,6 +261,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn any_jwt_in_any_text_never_survives(
             header in b64url(), payload in b64url(), sig in b64url(),
@@ -204,6 +285,20 @@ mod tests {
             if contains_jwt(&noise) {
                 prop_assert!(may_contain_jwt(noise.as_bytes()));
             }
+        }
+
+        #[test]
+        fn the_prefilter_never_changes_the_result(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("Bearer ".to_owned()), Just("bAsIc%20".to_owned()), Just("baſic+".to_owned()),
+                Just("BEARER\u{a0}".to_owned()), Just("eyJ".to_owned()), Just("ew".to_owned()),
+                Just(".".to_owned()), Just("\"".to_owned()),
+                "[A-Za-z0-9/+=]{1,50}", "[A-Za-z0-9/+=]{40}", "[A-Za-z0-9/+=]{100}", "[a-f0-9]{30,45}", "[A-Za-z0-9_-]{1,20}", "[ -~]{0,10}",
+                "\\PC{0,4}",
+            ], 0..12)
+        ) {
+            let text = parts.concat();
+            prop_assert_eq!(scrub(&text), scrub_with_patterns(&text));
         }
 
         #[test]
