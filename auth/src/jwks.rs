@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+};
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use serde::Deserialize;
 use tracing::instrument;
 
@@ -44,13 +48,48 @@ impl JwksConfig {
     }
 }
 
-/// A verification key and the algorithm its JWK is for.
+/// A verification key, parsed once when the JWKS is read (an RSA key rebuilt from `n`/`e` on
+/// every verification costs a tenth more), and the algorithm its JWK is for.
 #[derive(Clone)]
 pub struct CachedKey {
-    /// Decoding key.
-    pub key: DecodingKey,
+    /// The public key: RSA PKCS#1 v1.5 with SHA-256 (2048–8192 bits), or ECDSA P-256 with
+    /// SHA-256 over a fixed-size `r || s` signature (the JWS encoding).
+    pub key: Arc<ParsedPublicKey>,
     /// Algorithm implied by the JWK (`kty`/`crv`, or `alg` when present).
     pub alg: Algorithm,
+}
+
+/// The public key of `jwk` for `alg`; `None` when the JWK does not hold a usable one (wrong
+/// type, bad encoding, RSA modulus under 2048 bits, point not on P-256).
+fn parsed_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(rsa), Algorithm::RS256) => {
+            let n = b64.decode(&rsa.n).ok()?;
+            let e = b64.decode(&rsa.e).ok()?;
+            RsaPublicKeyComponents {
+                n: &n[..],
+                e: &e[..],
+            }
+            .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+            .ok()
+        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256)
+            if ec.curve == EllipticCurve::P256 =>
+        {
+            let x = b64.decode(&ec.x).ok()?;
+            let y = b64.decode(&ec.y).ok()?;
+            if x.len() != 32 || y.len() != 32 {
+                return None;
+            }
+            let mut point = Vec::with_capacity(65);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).ok()
+        }
+        _ => None,
+    }
 }
 
 #[derive(Default)]
@@ -88,7 +127,7 @@ fn unavailable(detail: impl Into<String>) -> AuthError {
     AuthError::new(FailureReason::UpstreamUnavailable, detail)
 }
 
-fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     if let Some(alg) = jwk.common.key_algorithm {
         return match alg {
             jsonwebtoken::jwk::KeyAlgorithm::RS256 => Some(Algorithm::RS256),
@@ -271,8 +310,14 @@ impl JwksCache {
             let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), jwk_algorithm(jwk)) else {
                 continue;
             };
-            if let Ok(key) = DecodingKey::from_jwk(jwk) {
-                keys.insert(kid, CachedKey { key, alg });
+            if let Some(key) = parsed_key(jwk, alg) {
+                keys.insert(
+                    kid,
+                    CachedKey {
+                        key: Arc::new(key),
+                        alg,
+                    },
+                );
             }
         }
         if keys.is_empty() {

@@ -1,15 +1,14 @@
 //! JWT verification pinned to asymmetric algorithms per issuer.
 //!
 //! Order of checks: shape → header `alg` in the issuer's allowlist (never `none`, never HS*) →
-//! `kid` present → key for `kid` (JWKS) → key type matches `alg` → signature → `exp`/`nbf` with
-//! leeway → `iss` → `aud` → required claims (`exp`, `iss`, `aud`, `sub`) → allowed clients.
+//! no `crit` → `kid` present → key for `kid` (JWKS, parsed once) → key type matches `alg` →
+//! signature → required claims (`exp`, `iss`, `aud`, `sub`) → `exp`/`nbf` with leeway → `iss` →
+//! `aud` → allowed clients.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use telemetry::{ClaimSummary, CredentialKind, CredentialProvenance, FailureReason};
@@ -94,20 +93,91 @@ impl VerifiedToken {
 struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
+    /// RFC 7515 §4.1.11: extensions the recipient must understand; this verifier knows none.
+    crit: Option<serde::de::IgnoredAny>,
 }
 
-fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
-    let malformed = |d: &str| AuthError::new(FailureReason::Malformed, d);
-    let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(malformed("not a compact JWS (three dot-separated parts)"));
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|_| malformed("header is not base64url"))?;
-    serde_json::from_slice(&bytes).map_err(|_| malformed("header is not a JSON object"))
+/// The three parts of a compact JWS, still base64url-encoded, and the signing input.
+struct Jws<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    signing_input: &'a str,
+}
+
+fn malformed(detail: &str) -> AuthError {
+    AuthError::new(FailureReason::Malformed, detail)
+}
+
+fn split_jws(token: &str) -> Result<Jws<'_>, AuthError> {
+    let shape = || malformed("not a compact JWS (three dot-separated parts)");
+    let (signing_input, signature) = token.rsplit_once('.').ok_or_else(shape)?;
+    let (header, payload) = signing_input.split_once('.').ok_or_else(shape)?;
+    if payload.contains('.') {
+        return Err(shape());
+    }
+    Ok(Jws {
+        header,
+        payload,
+        signature,
+        signing_input,
+    })
+}
+
+fn b64url(part: &str, what: &str) -> Result<Vec<u8>, AuthError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| malformed(what))
+}
+
+fn parse_header(jws: &Jws<'_>) -> Result<RawHeader, AuthError> {
+    let bytes = b64url(jws.header, "header is not base64url")?;
+    let header: RawHeader =
+        serde_json::from_slice(&bytes).map_err(|_| malformed("header is not a JSON object"))?;
+    if header.crit.is_some() {
+        return Err(malformed(
+            "header names critical extensions (crit) this verifier does not understand",
+        ));
+    }
+    Ok(header)
+}
+
+/// Which registered claims the payload holds (a `null` counts as absent).
+#[derive(Deserialize)]
+struct Present {
+    exp: Option<serde::de::IgnoredAny>,
+    iss: Option<serde::de::IgnoredAny>,
+    aud: Option<serde::de::IgnoredAny>,
+    sub: Option<serde::de::IgnoredAny>,
+}
+
+fn claims_not_decodable() -> AuthError {
+    malformed("claims are not decodable")
+}
+
+fn missing_claim() -> AuthError {
+    AuthError::new(
+        FailureReason::MissingClaim,
+        "a required claim (exp, iss, aud, sub) is missing",
+    )
+}
+
+/// The payload's claims; with `required`, a missing `exp`, `iss`, `aud` or `sub` is reported as
+/// such before the claims' types are checked.
+fn parse_claims(jws: &Jws<'_>, required: bool) -> Result<Claims, AuthError> {
+    let bytes = b64url(jws.payload, "payload is not base64url")?;
+    if required {
+        let present: Present =
+            serde_json::from_slice(&bytes).map_err(|_| claims_not_decodable())?;
+        if present.exp.is_none()
+            || present.iss.is_none()
+            || present.aud.is_none()
+            || present.sub.is_none()
+        {
+            return Err(missing_claim());
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|_| claims_not_decodable())
 }
 
 fn alg_name(alg: Algorithm) -> &'static str {
@@ -121,10 +191,9 @@ fn alg_name(alg: Algorithm) -> &'static str {
 /// Decode a token's claims **without verifying** it (for recording `unverified_decoded`
 /// provenance only; never for an authorization decision).
 pub fn decode_unverified(token: &SecretString) -> Result<ClaimSummary, AuthError> {
-    let header = parse_header(token.expose_secret())?;
-    let claims: Claims = jsonwebtoken::dangerous::insecure_decode(token.expose_secret())
-        .map(|d| d.claims)
-        .map_err(|_| AuthError::new(FailureReason::Malformed, "claims are not decodable"))?;
+    let jws = split_jws(token.expose_secret())?;
+    let header = parse_header(&jws)?;
+    let claims = parse_claims(&jws, false)?;
     Ok(claims.summary(header.kid.as_deref(), header.alg.as_deref()))
 }
 
@@ -250,7 +319,8 @@ impl Verifier {
         if raw.is_empty() {
             return Err(AuthError::new(FailureReason::MissingToken, "empty token"));
         }
-        let header = parse_header(raw)?;
+        let jws = split_jws(raw)?;
+        let header = parse_header(&jws)?;
         let alg_text = header.alg.unwrap_or_default();
         let alg = match alg_text.as_str() {
             "RS256" => Algorithm::RS256,
@@ -269,10 +339,7 @@ impl Verifier {
             ));
         }
         let Some(kid) = header.kid.filter(|k| !k.is_empty()) else {
-            return Err(AuthError::new(
-                FailureReason::Malformed,
-                "header has no kid",
-            ));
+            return Err(malformed("header has no kid"));
         };
         let key = self.jwks.key(&kid).await?;
         if key.alg != alg {
@@ -281,53 +348,58 @@ impl Verifier {
                 "header alg does not match the key's algorithm",
             ));
         }
-        let mut validation = Validation::new(alg);
-        validation.leeway = self.policy.leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.policy.issuer]);
-        if self.policy.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.policy.audiences);
+        let signature = b64url(jws.signature, "signature is not base64url")?;
+        key.key
+            .verify_sig(jws.signing_input.as_bytes(), &signature)
+            .map_err(|_| {
+                AuthError::new(FailureReason::BadSignature, "signature does not verify")
+            })?;
+        let claims = parse_claims(&jws, true)?;
+        self.validate(&claims)?;
+        Ok(VerifiedToken {
+            claims,
+            kid,
+            alg: alg_name(alg),
+        })
+    }
+
+    /// The claim checks, after the signature and the required claims: `exp`/`nbf` with leeway,
+    /// `iss`, `aud`, then the allowed clients.
+    fn validate(&self, claims: &Claims) -> Result<(), AuthError> {
+        if claims.exp < 0 || claims.nbf.is_some_and(|n| n < 0) {
+            return Err(malformed("exp or nbf is not a time"));
         }
-        validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
-            .into_iter()
-            .map(String::from)
-            .collect::<HashSet<_>>();
-        let data = jsonwebtoken::decode::<Claims>(raw, &key.key, &validation).map_err(|e| {
-            let (reason, detail) = match e.kind() {
-                ErrorKind::InvalidSignature => {
-                    (FailureReason::BadSignature, "signature does not verify")
-                }
-                ErrorKind::ExpiredSignature => (FailureReason::Expired, "exp is in the past"),
-                ErrorKind::ImmatureSignature => {
-                    (FailureReason::NotYetValid, "nbf is in the future")
-                }
-                ErrorKind::InvalidIssuer => {
-                    (FailureReason::WrongIssuer, "iss is not the expected issuer")
-                }
-                ErrorKind::InvalidAudience => (
-                    FailureReason::WrongAudience,
-                    "aud does not include the expected audience",
-                ),
-                ErrorKind::MissingRequiredClaim(_) => (
-                    FailureReason::MissingClaim,
-                    "a required claim (exp, iss, aud, sub) is missing",
-                ),
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-                    (FailureReason::DisallowedAlg, "algorithm not allowed")
-                }
-                _ => (FailureReason::Malformed, "token could not be decoded"),
-            };
-            AuthError::new(reason, detail)
-        })?;
-        let claims = data.claims;
-        if claims.sub.is_empty() || claims.iss.is_empty() || claims.aud.to_vec().is_empty() {
+        let now = crate::mint::now_epoch();
+        let leeway = i64::try_from(self.policy.leeway_s).unwrap_or(i64::MAX);
+        if claims.exp < now.saturating_sub(leeway) {
+            return Err(AuthError::new(FailureReason::Expired, "exp is in the past"));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(AuthError::new(
-                FailureReason::MissingClaim,
-                "a required claim (exp, iss, aud, sub) is missing",
+                FailureReason::NotYetValid,
+                "nbf is in the future",
             ));
+        }
+        if claims.iss != self.policy.issuer {
+            return Err(AuthError::new(
+                FailureReason::WrongIssuer,
+                "iss is not the expected issuer",
+            ));
+        }
+        let audiences = claims.aud.to_vec();
+        if !self.policy.audiences.is_empty()
+            && !audiences.iter().any(|a| self.policy.audiences.contains(a))
+        {
+            return Err(AuthError::new(
+                FailureReason::WrongAudience,
+                "aud does not include the expected audience",
+            ));
+        }
+        if claims.sub.is_empty() || claims.iss.is_empty() || audiences.is_empty() {
+            return Err(missing_claim());
         }
         if !self.policy.allowed_clients.is_empty() {
             let ok = claims
@@ -341,11 +413,7 @@ impl Verifier {
                 ));
             }
         }
-        Ok(VerifiedToken {
-            claims,
-            kid,
-            alg: alg_name(alg),
-        })
+        Ok(())
     }
 }
 

@@ -22,8 +22,15 @@ struct Idp {
 }
 
 async fn start_idp() -> Idp {
+    start_idp_with(Vec::new()).await
+}
+
+/// An IdP whose JWKS holds its RS256 key `k1` and `extra` keys.
+async fn start_idp_with(extra: Vec<serde_json::Value>) -> Idp {
     let key = SigningKey::generate_rs256("k1").expect("key");
-    let jwks = json!({"keys": [key.public_jwk()]});
+    let mut keys = vec![key.public_jwk().clone()];
+    keys.extend(extra);
+    let jwks = json!({ "keys": keys });
     let up = Arc::new(AtomicBool::new(true));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -194,6 +201,106 @@ async fn es256_token_is_refused_by_an_rs256_pinned_issuer() {
         parts_claims
     ));
     assert_eq!(reason(v.verify(&es).await), FailureReason::DisallowedAlg);
+}
+
+/// An ES256 key pair: its JWK (kid `e1`) and a signer of compact JWS.
+fn es256_key() -> (
+    serde_json::Value,
+    impl Fn(&serde_json::Value, &serde_json::Value) -> String,
+) {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("gen");
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("pair");
+    let point = pair.public_key().as_ref().to_vec();
+    let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "e1", "use": "sig",
+        "x": enc(&point[1..33]), "y": enc(&point[33..65])});
+    let sign = move |header: &serde_json::Value, claims: &serde_json::Value| {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let sig = pair.sign(&rng, input.as_bytes()).expect("sign");
+        format!("{input}.{}", enc(sig.as_ref()))
+    };
+    (jwk, sign)
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_with_their_jwk_and_every_check_still_applies() {
+    let (jwk, sign) = es256_key();
+    let idp = start_idp_with(vec![jwk]).await;
+    let mut cfg = JwksConfig::new(format!("{}/.well-known/openid-configuration", idp.base));
+    cfg.min_refetch_interval = Duration::from_secs(30);
+    let mut policy = IssuerPolicy::new(idp.base.clone(), vec!["target-api".into()]);
+    policy.algorithms = vec![
+        jsonwebtoken::Algorithm::ES256,
+        jsonwebtoken::Algorithm::RS256,
+    ];
+    let v = Verifier::new(policy, JwksCache::new(cfg).expect("cache"));
+    let es = json!({"alg": "ES256", "kid": "e1", "typ": "JWT"});
+    let mut c = claims(&idp);
+    c["aud"] = json!(["other-api", "target-api"]);
+    let ok = v
+        .verify(&SecretString::from(sign(&es, &c)))
+        .await
+        .expect("ES256 token with an accepted audience in a list");
+    assert_eq!(ok.alg, "ES256");
+    assert_eq!(ok.kid, "e1");
+
+    // Payload swapped under a valid ES256 signature.
+    let good = sign(&es, &claims(&idp));
+    let parts: Vec<&str> = good.split('.').collect();
+    let mut evil = claims(&idp);
+    evil["sub"] = json!("mallory");
+    let tampered = format!("{}.{}.{}", parts[0], b64(&evil), parts[2]);
+    assert_eq!(
+        reason(v.verify(&SecretString::from(tampered)).await),
+        FailureReason::BadSignature
+    );
+    // ES256 header naming the RSA key, and RS256 header naming the EC key.
+    let wrong_key = sign(&json!({"alg": "ES256", "kid": "k1"}), &claims(&idp));
+    assert_eq!(
+        reason(v.verify(&SecretString::from(wrong_key)).await),
+        FailureReason::DisallowedAlg
+    );
+    let wrong_key = idp
+        .key
+        .sign_with_kid(&claims(&idp), Some("e1"))
+        .expect("sign");
+    assert_eq!(
+        reason(v.verify(&wrong_key).await),
+        FailureReason::DisallowedAlg
+    );
+    // Critical header extensions are refused.
+    let crit = sign(
+        &json!({"alg": "ES256", "kid": "e1", "crit": ["exp"], "exp": 1}),
+        &claims(&idp),
+    );
+    assert_eq!(
+        reason(v.verify(&SecretString::from(crit)).await),
+        FailureReason::Malformed
+    );
+    // Each registered claim is required, `null` counts as absent.
+    for claim in ["exp", "iss", "aud"] {
+        let mut c = claims(&idp);
+        c[claim] = serde_json::Value::Null;
+        assert_eq!(
+            reason(v.verify(&SecretString::from(sign(&es, &c))).await),
+            FailureReason::MissingClaim,
+            "{claim}"
+        );
+    }
+    // A signature of the wrong length or encoding.
+    let short = format!("{}.{}.c2ln", parts[0], parts[1]);
+    assert_eq!(
+        reason(v.verify(&SecretString::from(short)).await),
+        FailureReason::BadSignature
+    );
+    let not_b64 = format!("{}.{}.***", parts[0], parts[1]);
+    assert_eq!(
+        reason(v.verify(&SecretString::from(not_b64)).await),
+        FailureReason::Malformed
+    );
 }
 
 #[tokio::test]
