@@ -143,18 +143,24 @@ impl Collector {
         &self.path
     }
 
-    /// Decode one export, encode it as OTLP/JSON and append it to the store. CPU and file work:
-    /// the receiver runs it on the blocking pool so the async workers stay free.
-    pub fn store(&self, content_type: &str, body: &[u8]) -> Result<TraceExport, StoreError> {
-        let export = TraceExport::decode(content_type, body)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let line = export
-            .to_json_line()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        append_line(&self.file, &self.path, line)?;
-        self.spans
-            .fetch_add(export.span_count() as u64, Ordering::Relaxed);
-        Ok(export)
+    /// Encode one export as OTLP/JSON and append it to the store; the protobuf to forward when
+    /// a forward target is configured. CPU and file work: the receiver runs it on the blocking
+    /// pool so the async workers stay free.
+    pub fn store(&self, content_type: &str, body: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let invalid = |e: telemetry::otlp::OtlpError| StoreError::Invalid(e.to_string());
+        let stored = telemetry::otlp::trace_store_line(content_type, body).map_err(invalid)?;
+        append_line(&self.file, &self.path, stored.line)?;
+        self.spans.fetch_add(stored.spans as u64, Ordering::Relaxed);
+        if !self.forwards() {
+            return Ok(None);
+        }
+        Ok(Some(if telemetry::otlp::is_protobuf(content_type) {
+            body.to_vec()
+        } else {
+            TraceExport::decode(content_type, body)
+                .map_err(invalid)?
+                .to_protobuf()
+        }))
     }
 
     /// Forward one export (as OTLP/HTTP protobuf) when a forward target is configured. Failures
@@ -298,11 +304,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let stored = store_blocking(&c, &headers, body, |c, ct, body| {
-        c.store(ct, body)
-            .map(|export| c.forwards().then(|| export.to_protobuf()))
-    })
-    .await;
+    let stored = store_blocking(&c, &headers, body, |c, ct, body| c.store(ct, body)).await;
     match stored {
         Ok((ct, forward)) => {
             if let Some(protobuf) = forward {

@@ -55,27 +55,72 @@ fn decode_body<M: Message + Default + serde::de::DeserializeOwned>(
     content_type: &str,
     body: &[u8],
 ) -> Result<M, OtlpError> {
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let ct = media_type(content_type);
     match ct.as_str() {
-        PROTOBUF | "application/protobuf" => Ok(M::decode(body)?),
+        _ if is_protobuf(&ct) => Ok(M::decode(body)?),
         JSON => Ok(serde_json::from_slice(body)?),
         other => Err(OtlpError::ContentType(other.to_owned())),
     }
 }
 
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether a content type is OTLP protobuf.
+pub fn is_protobuf(content_type: &str) -> bool {
+    matches!(
+        media_type(content_type).as_str(),
+        PROTOBUF | "application/protobuf"
+    )
+}
+
+fn scrubbed(line: String) -> String {
+    match crate::redact::scrub(&line) {
+        std::borrow::Cow::Borrowed(_) => line,
+        std::borrow::Cow::Owned(clean) => clean,
+    }
+}
+
+/// What the collector appends for one trace export: the scrubbed OTLP/JSON line (no newline)
+/// and the number of spans in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLine {
+    /// The line.
+    pub line: String,
+    /// Spans in the export.
+    pub spans: usize,
+}
+
+/// The store line of an OTLP/HTTP trace export body. Protobuf bodies are transcoded to JSON in
+/// one pass over the wire bytes when they hold only what tracers send; everything else (and
+/// every JSON body) goes through the full decoder, which also reports what is wrong with a bad
+/// body.
+pub fn trace_store_line(content_type: &str, body: &[u8]) -> Result<StoreLine, OtlpError> {
+    if is_protobuf(content_type)
+        && let Some((line, spans)) = crate::otlp_json::trace_export_json(body)
+    {
+        return Ok(StoreLine {
+            line: scrubbed(line),
+            spans,
+        });
+    }
+    let export = TraceExport::decode(content_type, body)?;
+    Ok(StoreLine {
+        line: export.to_json_line()?,
+        spans: export.span_count(),
+    })
+}
+
 /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's
 /// patterns never span a quote or a backslash, so scrubbing the encoded text keeps it valid JSON.
 fn json_line<M: Serialize>(message: &M) -> Result<String, OtlpError> {
-    let line = serde_json::to_string(message)?;
-    Ok(match crate::redact::scrub(&line) {
-        std::borrow::Cow::Borrowed(_) => line,
-        std::borrow::Cow::Owned(clean) => clean,
-    })
+    Ok(scrubbed(serde_json::to_string(message)?))
 }
 
 /// A decoded export request.

@@ -1,0 +1,745 @@
+//! OTLP trace export, protobuf → OTLP/JSON, in one pass over the wire bytes.
+//!
+//! The embedded collector stores every export as one OTLP/JSON line. Decoding the protobuf into
+//! owned messages and serialising them again costs about as much as everything else the
+//! collector does; this transcoder writes the same text straight from the wire bytes: field
+//! order, defaults, hex ids, 64-bit integers as strings, and string escaping exactly as the
+//! `opentelemetry-proto` serde encoding writes them (a test compares the two on every shape).
+//!
+//! It handles what tracers send. Anything else — a singular message field sent twice (protobuf
+//! merges those), double, bytes or string-table values, entity references, groups, invalid
+//! UTF-8 or a truncated message — makes it return `None`, and the caller takes the full decoder,
+//! which either handles it or reports the error.
+
+/// One protobuf field: its number and its value.
+#[derive(Clone, Copy)]
+enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+/// Fields of one message, in wire order.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+impl<'a> Fields<'a> {
+    /// The next field, `Some(Err(()))` when the bytes are not a well-formed message.
+    fn next_field(&mut self) -> Option<Result<(u32, Wire<'a>), ()>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        Some(self.read().ok_or(()))
+    }
+
+    fn read(&mut self) -> Option<(u32, Wire<'a>)> {
+        let mut pos = 0;
+        let key = varint(self.buf, &mut pos)?;
+        let number = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
+        let wire = match key & 7 {
+            0 => Wire::Varint(varint(self.buf, &mut pos)?),
+            1 => {
+                let b: [u8; 8] = self.buf.get(pos..pos + 8)?.try_into().ok()?;
+                pos += 8;
+                Wire::Fixed64(u64::from_le_bytes(b))
+            }
+            2 => {
+                let len = usize::try_from(varint(self.buf, &mut pos)?).ok()?;
+                let b = self.buf.get(pos..pos.checked_add(len)?)?;
+                pos += len;
+                Wire::Bytes(b)
+            }
+            5 => {
+                let b: [u8; 4] = self.buf.get(pos..pos + 4)?.try_into().ok()?;
+                pos += 4;
+                Wire::Fixed32(u32::from_le_bytes(b))
+            }
+            _ => return None,
+        };
+        self.buf = &self.buf[pos..];
+        Some((number, wire))
+    }
+}
+
+/// Iterate over the fields of `buf`, stopping the transcoding on malformed bytes.
+fn fields(buf: &[u8]) -> impl Iterator<Item = Option<(u32, Wire<'_>)>> {
+    let mut f = Fields { buf };
+    std::iter::from_fn(move || f.next_field().map(Result::ok))
+}
+
+fn bytes(w: Wire<'_>) -> Option<&[u8]> {
+    match w {
+        Wire::Bytes(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn string(w: Wire<'_>) -> Option<&str> {
+    std::str::from_utf8(bytes(w)?).ok()
+}
+
+fn varint_of(w: Wire<'_>) -> Option<u64> {
+    match w {
+        Wire::Varint(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn fixed64(w: Wire<'_>) -> Option<u64> {
+    match w {
+        Wire::Fixed64(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn fixed32(w: Wire<'_>) -> Option<u32> {
+    match w {
+        Wire::Fixed32(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// A singular message field: a second occurrence would be merged by protobuf, which this
+/// transcoder leaves to the full decoder.
+fn once<'a>(slot: &mut Option<&'a [u8]>, w: Wire<'a>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(bytes(w)?);
+    Some(())
+}
+
+/// JSON string, escaped as serde_json escapes (`"`, `\`, control characters).
+fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    let needs = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    if !s.bytes().any(needs) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
+}
+
+fn push_hex(out: &mut String, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for chunk in b.chunks(32) {
+        let mut buf = [0u8; 64];
+        for (i, byte) in chunk.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(byte >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(byte & 15)];
+        }
+        // Hex digits are ASCII.
+        out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
+    }
+    out.push('"');
+}
+
+fn push_num(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+fn push_quoted_num(out: &mut String, n: impl itoa::Integer) {
+    out.push('"');
+    push_num(out, n);
+    out.push('"');
+}
+
+/// `[item,item,…]` from the raw messages.
+fn push_list(
+    out: &mut String,
+    items: &[&[u8]],
+    mut each: impl FnMut(&mut String, &[u8]) -> Option<()>,
+) -> Option<()> {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        each(out, item)?;
+    }
+    out.push(']');
+    Some(())
+}
+
+/// A JSON value of an object written by [`object`].
+enum J<'a> {
+    Str(&'a str),
+    Hex(&'a [u8]),
+    Num(i64),
+    /// A 64-bit integer, written as a string (OTLP/JSON).
+    U64Str(u64),
+    Attrs(&'a [&'a [u8]]),
+    List(&'a [&'a [u8]], fn(&mut String, &[u8]) -> Option<()>),
+    /// An optional message: `null` when absent.
+    Msg(Option<&'a [u8]>, fn(&mut String, &[u8]) -> Option<()>),
+    Raw(&'static str),
+}
+
+/// `{"name":value,…}` in the order given.
+fn object(out: &mut String, members: &[(&str, J<'_>)]) -> Option<()> {
+    out.push('{');
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":");
+        match value {
+            J::Str(s) => push_str(out, s),
+            J::Hex(b) => push_hex(out, b),
+            J::Num(n) => push_num(out, *n),
+            J::U64Str(n) => push_quoted_num(out, *n),
+            J::Attrs(items) => push_list(out, items, key_value)?,
+            J::List(items, each) => push_list(out, items, each)?,
+            J::Msg(Some(b), each) => each(out, b)?,
+            J::Msg(None, _) => out.push_str("null"),
+            J::Raw(text) => out.push_str(text),
+        }
+    }
+    out.push('}');
+    Some(())
+}
+
+fn any_value(out: &mut String, buf: &[u8]) -> Option<()> {
+    let mut value: Option<(u32, Wire<'_>)> = None;
+    for f in fields(buf) {
+        let (n, w) = f?;
+        if (1..=8).contains(&n) {
+            if value.is_some() {
+                return None;
+            }
+            value = Some((n, w));
+        }
+    }
+    match value {
+        None => out.push_str("{}"),
+        Some((1, w)) => {
+            out.push_str("{\"stringValue\":");
+            push_str(out, string(w)?);
+            out.push('}');
+        }
+        Some((2, w)) => {
+            out.push_str(if varint_of(w)? != 0 {
+                "{\"boolValue\":true}"
+            } else {
+                "{\"boolValue\":false}"
+            });
+        }
+        Some((3, w)) => {
+            out.push_str("{\"intValue\":");
+            push_quoted_num(out, varint_of(w)? as i64);
+            out.push('}');
+        }
+        Some((5, w)) => {
+            out.push_str("{\"arrayValue\":{\"values\":");
+            let items: Vec<&[u8]> = fields(bytes(w)?)
+                .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
+                .collect::<Option<_>>()?;
+            push_list(out, &items, any_value)?;
+            out.push_str("}}");
+        }
+        Some((6, w)) => {
+            out.push_str("{\"kvlistValue\":{\"values\":");
+            let items: Vec<&[u8]> = fields(bytes(w)?)
+                .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
+                .collect::<Option<_>>()?;
+            push_list(out, &items, key_value)?;
+            out.push_str("}}");
+        }
+        // double (4), bytes (7), string-table index (8): the full decoder.
+        Some(_) => return None,
+    }
+    Some(())
+}
+
+fn key_value(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut key, mut value, mut strindex) = ("", None, 0i32);
+    for f in fields(buf) {
+        match f? {
+            (1, w) => key = string(w)?,
+            (2, w) => once(&mut value, w)?,
+            (3, w) => strindex = varint_of(w)? as i32,
+            _ => {}
+        }
+    }
+    if strindex != 0 {
+        return object(
+            out,
+            &[
+                ("key", J::Str(key)),
+                ("value", J::Msg(value, any_value)),
+                ("keyStrindex", J::Num(i64::from(strindex))),
+            ],
+        );
+    }
+    object(
+        out,
+        &[("key", J::Str(key)), ("value", J::Msg(value, any_value))],
+    )
+}
+
+fn resource(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut attrs, mut dropped) = (Vec::new(), 0u32);
+    for f in fields(buf) {
+        match f? {
+            (1, w) => attrs.push(bytes(w)?),
+            (2, w) => dropped = varint_of(w)? as u32,
+            // Entity references: the full decoder.
+            (3, _) => return None,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("attributes", J::Attrs(&attrs)),
+            ("droppedAttributesCount", J::Num(i64::from(dropped))),
+            ("entityRefs", J::Raw("[]")),
+        ],
+    )
+}
+
+fn scope(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut name, mut version, mut attrs, mut dropped) = ("", "", Vec::new(), 0u32);
+    for f in fields(buf) {
+        match f? {
+            (1, w) => name = string(w)?,
+            (2, w) => version = string(w)?,
+            (3, w) => attrs.push(bytes(w)?),
+            (4, w) => dropped = varint_of(w)? as u32,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("name", J::Str(name)),
+            ("version", J::Str(version)),
+            ("attributes", J::Attrs(&attrs)),
+            ("droppedAttributesCount", J::Num(i64::from(dropped))),
+        ],
+    )
+}
+
+fn event(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut time, mut name, mut attrs, mut dropped) = (0u64, "", Vec::new(), 0u32);
+    for f in fields(buf) {
+        match f? {
+            (1, w) => time = fixed64(w)?,
+            (2, w) => name = string(w)?,
+            (3, w) => attrs.push(bytes(w)?),
+            (4, w) => dropped = varint_of(w)? as u32,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("timeUnixNano", J::U64Str(time)),
+            ("name", J::Str(name)),
+            ("attributes", J::Attrs(&attrs)),
+            ("droppedAttributesCount", J::Num(i64::from(dropped))),
+        ],
+    )
+}
+
+fn link(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut trace, mut span, mut state) = (&[][..], &[][..], "");
+    let (mut attrs, mut dropped, mut flags) = (Vec::new(), 0u32, 0u32);
+    for f in fields(buf) {
+        match f? {
+            (1, w) => trace = bytes(w)?,
+            (2, w) => span = bytes(w)?,
+            (3, w) => state = string(w)?,
+            (4, w) => attrs.push(bytes(w)?),
+            (5, w) => dropped = varint_of(w)? as u32,
+            (6, w) => flags = fixed32(w)?,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("traceId", J::Hex(trace)),
+            ("spanId", J::Hex(span)),
+            ("traceState", J::Str(state)),
+            ("attributes", J::Attrs(&attrs)),
+            ("droppedAttributesCount", J::Num(i64::from(dropped))),
+            ("flags", J::Num(i64::from(flags))),
+        ],
+    )
+}
+
+fn status(out: &mut String, buf: &[u8]) -> Option<()> {
+    let (mut message, mut code) = ("", 0i32);
+    for f in fields(buf) {
+        match f? {
+            (2, w) => message = string(w)?,
+            (3, w) => code = varint_of(w)? as i32,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("message", J::Str(message)),
+            ("code", J::Num(i64::from(code))),
+        ],
+    )
+}
+
+#[derive(Default)]
+struct SpanFields<'a> {
+    trace: &'a [u8],
+    span: &'a [u8],
+    state: &'a str,
+    parent: &'a [u8],
+    flags: u32,
+    name: &'a str,
+    kind: i32,
+    start: u64,
+    end: u64,
+    attrs: Vec<&'a [u8]>,
+    dropped_attrs: u32,
+    events: Vec<&'a [u8]>,
+    dropped_events: u32,
+    links: Vec<&'a [u8]>,
+    dropped_links: u32,
+    status: Option<&'a [u8]>,
+}
+
+fn span(out: &mut String, buf: &[u8]) -> Option<()> {
+    let mut s = SpanFields::default();
+    for f in fields(buf) {
+        match f? {
+            (1, w) => s.trace = bytes(w)?,
+            (2, w) => s.span = bytes(w)?,
+            (3, w) => s.state = string(w)?,
+            (4, w) => s.parent = bytes(w)?,
+            (5, w) => s.name = string(w)?,
+            (6, w) => s.kind = varint_of(w)? as i32,
+            (7, w) => s.start = fixed64(w)?,
+            (8, w) => s.end = fixed64(w)?,
+            (9, w) => s.attrs.push(bytes(w)?),
+            (10, w) => s.dropped_attrs = varint_of(w)? as u32,
+            (11, w) => s.events.push(bytes(w)?),
+            (12, w) => s.dropped_events = varint_of(w)? as u32,
+            (13, w) => s.links.push(bytes(w)?),
+            (14, w) => s.dropped_links = varint_of(w)? as u32,
+            (15, w) => once(&mut s.status, w)?,
+            (16, w) => s.flags = fixed32(w)?,
+            _ => {}
+        }
+    }
+    object(
+        out,
+        &[
+            ("traceId", J::Hex(s.trace)),
+            ("spanId", J::Hex(s.span)),
+            ("traceState", J::Str(s.state)),
+            ("parentSpanId", J::Hex(s.parent)),
+            ("flags", J::Num(i64::from(s.flags))),
+            ("name", J::Str(s.name)),
+            ("kind", J::Num(i64::from(s.kind))),
+            ("startTimeUnixNano", J::U64Str(s.start)),
+            ("endTimeUnixNano", J::U64Str(s.end)),
+            ("attributes", J::Attrs(&s.attrs)),
+            ("droppedAttributesCount", J::Num(i64::from(s.dropped_attrs))),
+            ("events", J::List(&s.events, event)),
+            ("droppedEventsCount", J::Num(i64::from(s.dropped_events))),
+            ("links", J::List(&s.links, link)),
+            ("droppedLinksCount", J::Num(i64::from(s.dropped_links))),
+            ("status", J::Msg(s.status, status)),
+        ],
+    )
+}
+
+/// `ResourceSpans` or `ScopeSpans`: an optional message (1), a repeated one (2), a schema URL (3).
+fn container(
+    out: &mut String,
+    buf: &[u8],
+    names: [&str; 2],
+    head: fn(&mut String, &[u8]) -> Option<()>,
+    item: &mut dyn FnMut(&mut String, &[u8]) -> Option<()>,
+) -> Option<()> {
+    let (mut first, mut items, mut schema) = (None, Vec::new(), "");
+    for f in fields(buf) {
+        match f? {
+            (1, w) => once(&mut first, w)?,
+            (2, w) => items.push(bytes(w)?),
+            (3, w) => schema = string(w)?,
+            _ => {}
+        }
+    }
+    out.push_str("{\"");
+    out.push_str(names[0]);
+    out.push_str("\":");
+    match first {
+        Some(b) => head(out, b)?,
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"");
+    out.push_str(names[1]);
+    out.push_str("\":");
+    push_list(out, &items, item)?;
+    out.push_str(",\"schemaUrl\":");
+    push_str(out, schema);
+    out.push('}');
+    Some(())
+}
+
+/// The OTLP/JSON text of an `ExportTraceServiceRequest` in protobuf, and its span count; `None`
+/// when the message needs the full decoder (see the module documentation).
+pub(crate) fn trace_export_json(body: &[u8]) -> Option<(String, usize)> {
+    let mut out = String::with_capacity(body.len() * 2 + 64);
+    let mut spans = 0usize;
+    let mut resource_spans = Vec::new();
+    for f in fields(body) {
+        if let (1, w) = f? {
+            resource_spans.push(bytes(w)?);
+        }
+    }
+    out.push_str("{\"resourceSpans\":");
+    push_list(&mut out, &resource_spans, |out, rs| {
+        container(
+            out,
+            rs,
+            ["resource", "scopeSpans"],
+            resource,
+            &mut |out, ss| {
+                container(out, ss, ["scope", "spans"], scope, &mut |out, sp| {
+                    spans += 1;
+                    span(out, sp)
+                })
+            },
+        )
+    })?;
+    out.push('}');
+    Some((out, spans))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+    use prost::Message;
+
+    fn kv(key: &str, v: Option<any_value::Value>) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: v }),
+            key_strindex: 0,
+        }
+    }
+
+    fn rich() -> ExportTraceServiceRequest {
+        use any_value::Value as V;
+        let attrs = vec![
+            kv("s", Some(V::StringValue("plain".into()))),
+            kv(
+                "esc\"\\",
+                Some(V::StringValue("a\"b\\c\nd\te\u{1}f\u{1f}\u{7f}é€😀".into())),
+            ),
+            kv("b", Some(V::BoolValue(true))),
+            kv("f", Some(V::BoolValue(false))),
+            kv("i", Some(V::IntValue(-42))),
+            kv("max", Some(V::IntValue(i64::MAX))),
+            kv("empty", None),
+            KeyValue {
+                key: "novalue".into(),
+                value: None,
+                key_strindex: 3,
+            },
+            kv(
+                "arr",
+                Some(V::ArrayValue(ArrayValue {
+                    values: vec![
+                        AnyValue {
+                            value: Some(V::StringValue("x".into())),
+                        },
+                        AnyValue {
+                            value: Some(V::IntValue(7)),
+                        },
+                        AnyValue { value: None },
+                    ],
+                })),
+            ),
+            kv(
+                "kv",
+                Some(V::KvlistValue(KeyValueList {
+                    values: vec![kv("inner", Some(V::BoolValue(false)))],
+                })),
+            ),
+        ];
+        let full = Span {
+            trace_id: vec![0x6b, 0, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+            span_id: vec![1, 2, 3, 4, 5, 6, 7, 0xab],
+            trace_state: "k=v".into(),
+            parent_span_id: vec![9; 8],
+            flags: 257,
+            name: "gateway.inbound".into(),
+            kind: 2,
+            start_time_unix_nano: 1_795_931_890_037_119_276,
+            end_time_unix_nano: u64::MAX,
+            attributes: attrs.clone(),
+            dropped_attributes_count: 2,
+            events: vec![span::Event {
+                time_unix_nano: 5,
+                name: "exception".into(),
+                attributes: attrs.clone(),
+                dropped_attributes_count: 1,
+            }],
+            dropped_events_count: 3,
+            links: vec![span::Link {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                trace_state: String::new(),
+                attributes: vec![kv("l", Some(V::IntValue(1)))],
+                dropped_attributes_count: 0,
+                flags: 1,
+            }],
+            dropped_links_count: 4,
+            status: Some(Status {
+                message: "denied: expired".into(),
+                code: 2,
+            }),
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![kv(
+                            "service.name",
+                            Some(V::StringValue("gateway".into())),
+                        )],
+                        dropped_attributes_count: 1,
+                        entity_refs: vec![],
+                    }),
+                    scope_spans: vec![
+                        ScopeSpans {
+                            scope: Some(InstrumentationScope {
+                                name: "tokentrail".into(),
+                                version: "1".into(),
+                                attributes: attrs,
+                                dropped_attributes_count: 0,
+                            }),
+                            spans: vec![full, Span::default()],
+                            schema_url: "https://opentelemetry.io/schemas/1.0".into(),
+                        },
+                        ScopeSpans::default(),
+                    ],
+                    schema_url: String::new(),
+                },
+                ResourceSpans::default(),
+            ],
+        }
+    }
+
+    #[test]
+    fn writes_what_the_serde_encoding_writes() {
+        let req = rich();
+        let (line, spans) = trace_export_json(&req.encode_to_vec()).expect("fast path");
+        assert_eq!(line, serde_json::to_string(&req).expect("serde"));
+        assert_eq!(spans, 2);
+        let empty = ExportTraceServiceRequest::default();
+        assert_eq!(
+            trace_export_json(&empty.encode_to_vec())
+                .expect("fast path")
+                .0,
+            serde_json::to_string(&empty).expect("serde")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_as_protobuf_does() {
+        let req = rich();
+        let mut body = req.encode_to_vec();
+        // Field 99, varint; field 98, length-delimited; field 97, fixed32: unknown to OTLP.
+        body.extend_from_slice(&[0x98, 0x06, 0x01, 0x92, 0x06, 0x02, b'h', b'i', 0x8d, 0x06]);
+        body.extend_from_slice(&[1, 2, 3, 4]);
+        let (line, _) = trace_export_json(&body).expect("fast path");
+        assert_eq!(line, serde_json::to_string(&req).expect("serde"));
+    }
+
+    #[test]
+    fn what_it_does_not_handle_goes_to_the_full_decoder() {
+        use any_value::Value as V;
+        for v in [
+            V::DoubleValue(1.5),
+            V::BytesValue(vec![1, 2]),
+            V::StringValueStrindex(1),
+        ] {
+            let mut req = rich();
+            req.resource_spans[0].scope_spans[0].spans[0]
+                .attributes
+                .push(kv("other", Some(v)));
+            assert!(trace_export_json(&req.encode_to_vec()).is_none());
+        }
+        let body = rich().encode_to_vec();
+        // Truncated anywhere: never a line, never a panic.
+        for cut in 1..body.len() {
+            if let Some((line, _)) = trace_export_json(&body[..cut]) {
+                // A cut at a field boundary of the outer message is a shorter valid message.
+                let req = ExportTraceServiceRequest::decode(&body[..cut]).expect("valid prefix");
+                assert_eq!(line, serde_json::to_string(&req).expect("serde"));
+            }
+        }
+        // Invalid UTF-8 in a string.
+        let mut req = ExportTraceServiceRequest::default();
+        req.resource_spans.push(ResourceSpans::default());
+        let mut bad = req.encode_to_vec();
+        bad.extend_from_slice(&[0x0a, 0x04, 0x1a, 0x02, 0xff, 0xfe]);
+        assert!(trace_export_json(&bad).is_none());
+        assert!(ExportTraceServiceRequest::decode(&bad[..]).is_err());
+        // A status sent twice (protobuf merges them).
+        let mut twice = Span::default().encode_to_vec();
+        for _ in 0..2 {
+            twice.extend_from_slice(&[0x7a, 0x02, 0x18, 0x01]);
+        }
+        let mut ss = vec![0x12, twice.len() as u8];
+        ss.extend_from_slice(&twice);
+        let mut rs = vec![0x12, ss.len() as u8];
+        rs.extend_from_slice(&ss);
+        let mut top = vec![0x0a, rs.len() as u8];
+        top.extend_from_slice(&rs);
+        assert!(ExportTraceServiceRequest::decode(&top[..]).is_ok());
+        assert!(trace_export_json(&top).is_none());
+    }
+}
