@@ -30,6 +30,10 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*pos)?;
         *pos += 1;
+        // The tenth byte holds the 64th bit only; protobuf decoders refuse anything more.
+        if shift == 63 && b > 1 {
+            return None;
+        }
         value |= u64::from(b & 0x7f) << shift;
         if b < 0x80 {
             return Some(value);
@@ -50,7 +54,9 @@ impl<'a> Fields<'a> {
     fn read(&mut self) -> Option<(u32, Wire<'a>)> {
         let mut pos = 0;
         let key = varint(self.buf, &mut pos)?;
-        let number = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
+        // Field numbers run from 1 to 2^29 - 1, and a key fits in 32 bits.
+        let key = u32::try_from(key).ok()?;
+        let number = Some(key >> 3).filter(|n| *n > 0)?;
         let wire = match key & 7 {
             0 => Wire::Varint(varint(self.buf, &mut pos)?),
             1 => {
@@ -200,6 +206,8 @@ enum J<'a> {
     /// A 64-bit integer, written as a string (OTLP/JSON).
     U64Str(u64),
     Attrs(&'a [&'a [u8]]),
+    /// An optional `AnyValue` at a nesting depth: `null` when absent.
+    Value(Option<&'a [u8]>, u32),
     List(&'a [&'a [u8]], fn(&mut String, &[u8]) -> Option<()>),
     /// An optional message: `null` when absent.
     Msg(Option<&'a [u8]>, fn(&mut String, &[u8]) -> Option<()>),
@@ -221,7 +229,9 @@ fn object(out: &mut String, members: &[(&str, J<'_>)]) -> Option<()> {
             J::Hex(b) => push_hex(out, b),
             J::Num(n) => push_num(out, *n),
             J::U64Str(n) => push_quoted_num(out, *n),
-            J::Attrs(items) => push_list(out, items, key_value)?,
+            J::Attrs(items) => push_list(out, items, |o, b| key_value(o, b, 0))?,
+            J::Value(Some(b), depth) => any_value(out, b, *depth)?,
+            J::Value(None, _) => out.push_str("null"),
             J::List(items, each) => push_list(out, items, each)?,
             J::Msg(Some(b), each) => each(out, b)?,
             J::Msg(None, _) => out.push_str("null"),
@@ -232,7 +242,14 @@ fn object(out: &mut String, members: &[(&str, J<'_>)]) -> Option<()> {
     Some(())
 }
 
-fn any_value(out: &mut String, buf: &[u8]) -> Option<()> {
+/// How deep arrays and key-value lists may nest before the full decoder (with its own recursion
+/// limit) takes over: a crafted body must not exhaust the stack.
+const MAX_VALUE_DEPTH: u32 = 32;
+
+fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
+    if depth > MAX_VALUE_DEPTH {
+        return None;
+    }
     let mut value: Option<(u32, Wire<'_>)> = None;
     for f in fields(buf) {
         let (n, w) = f?;
@@ -267,7 +284,7 @@ fn any_value(out: &mut String, buf: &[u8]) -> Option<()> {
             let items: Vec<&[u8]> = fields(bytes(w)?)
                 .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
                 .collect::<Option<_>>()?;
-            push_list(out, &items, any_value)?;
+            push_list(out, &items, |o, b| any_value(o, b, depth + 1))?;
             out.push_str("}}");
         }
         Some((6, w)) => {
@@ -275,7 +292,7 @@ fn any_value(out: &mut String, buf: &[u8]) -> Option<()> {
             let items: Vec<&[u8]> = fields(bytes(w)?)
                 .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
                 .collect::<Option<_>>()?;
-            push_list(out, &items, key_value)?;
+            push_list(out, &items, |o, b| key_value(o, b, depth + 1))?;
             out.push_str("}}");
         }
         // double (4), bytes (7), string-table index (8): the full decoder.
@@ -284,7 +301,7 @@ fn any_value(out: &mut String, buf: &[u8]) -> Option<()> {
     Some(())
 }
 
-fn key_value(out: &mut String, buf: &[u8]) -> Option<()> {
+fn key_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
     let (mut key, mut value, mut strindex) = ("", None, 0i32);
     for f in fields(buf) {
         match f? {
@@ -299,14 +316,14 @@ fn key_value(out: &mut String, buf: &[u8]) -> Option<()> {
             out,
             &[
                 ("key", J::Str(key)),
-                ("value", J::Msg(value, any_value)),
+                ("value", J::Value(value, depth)),
                 ("keyStrindex", J::Num(i64::from(strindex))),
             ],
         );
     }
     object(
         out,
-        &[("key", J::Str(key)), ("value", J::Msg(value, any_value))],
+        &[("key", J::Str(key)), ("value", J::Value(value, depth))],
     )
 }
 
@@ -685,6 +702,112 @@ mod tests {
                 .0,
             serde_json::to_string(&empty).expect("serde")
         );
+    }
+
+    #[test]
+    fn deep_nesting_goes_to_the_full_decoder_without_exhausting_the_stack() {
+        use any_value::Value as V;
+        let nest = |levels: usize| {
+            let mut v = AnyValue {
+                value: Some(V::StringValue("leaf".into())),
+            };
+            for _ in 0..levels {
+                v = AnyValue {
+                    value: Some(V::ArrayValue(ArrayValue { values: vec![v] })),
+                };
+            }
+            let mut req = rich();
+            req.resource_spans[0].scope_spans[0].spans[0]
+                .attributes
+                .push(KeyValue {
+                    key: "deep".into(),
+                    value: Some(v),
+                    key_strindex: 0,
+                });
+            req
+        };
+        let shallow = nest(10);
+        let (line, _) = trace_export_json(&shallow.encode_to_vec()).expect("fast path");
+        assert_eq!(line, serde_json::to_string(&shallow).expect("serde"));
+        assert!(trace_export_json(&nest(40).encode_to_vec()).is_none());
+        // Far deeper than any decoder accepts, built on the wire: no line, no overflow.
+        // AnyValue{arrayValue: ArrayValue{values: [AnyValue{…}]}} 50 000 times around a leaf.
+        let levels = 50_000;
+        let leaf = [0x0a, 0x01, b'x'];
+        let varint_len = |n: usize| {
+            let mut v = Vec::new();
+            push_len(&mut v, n);
+            v.len()
+        };
+        let (mut lens, mut len) = (Vec::with_capacity(levels), leaf.len());
+        for _ in 0..levels {
+            let array = 1 + varint_len(len) + len;
+            lens.push((array, len));
+            len = 1 + varint_len(array) + array;
+        }
+        let mut value = Vec::with_capacity(len);
+        for (array, inner) in lens.iter().rev() {
+            value.push(0x2a);
+            push_len(&mut value, *array);
+            value.push(0x0a);
+            push_len(&mut value, *inner);
+        }
+        value.extend_from_slice(&leaf);
+        assert_eq!(value.len(), len);
+        let mut kv = vec![0x0a, 0x01, b'k', 0x12];
+        push_len(&mut kv, value.len());
+        kv.extend_from_slice(&value);
+        let mut span = vec![0x4a];
+        push_len(&mut span, kv.len());
+        span.extend_from_slice(&kv);
+        let wrap = |tag: u8, inner: Vec<u8>| {
+            let mut v = vec![tag];
+            push_len(&mut v, inner.len());
+            v.extend_from_slice(&inner);
+            v
+        };
+        let body = wrap(0x0a, wrap(0x12, wrap(0x12, span)));
+        assert!(trace_export_json(&body).is_none());
+        assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
+    }
+
+    fn push_len(v: &mut Vec<u8>, mut len: usize) {
+        while len >= 0x80 {
+            v.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        v.push(len as u8);
+    }
+
+    /// A line only for what the full decoder accepts, and then the same text.
+    fn agrees_with_the_full_decoder(
+        body: &[u8],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Some((line, _)) = trace_export_json(body) {
+            let req = ExportTraceServiceRequest::decode(body);
+            proptest::prop_assert!(req.is_ok());
+            if let Ok(req) = req {
+                proptest::prop_assert_eq!(line, serde_json::to_string(&req).expect("serde"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn any_bytes_give_the_full_decoders_answer_or_none(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            agrees_with_the_full_decoder(&body)?;
+        }
+
+        #[test]
+        fn mutated_exports_give_the_full_decoders_answer_or_none(at in 0usize..4000, byte in proptest::num::u8::ANY) {
+            let mut body = rich().encode_to_vec();
+            let i = at % body.len();
+            body[i] = byte;
+            agrees_with_the_full_decoder(&body)?;
+        }
     }
 
     #[test]
