@@ -180,6 +180,26 @@ fn parse_claims(jws: &Jws<'_>, required: bool) -> Result<Claims, AuthError> {
     serde_json::from_slice(&bytes).map_err(|_| claims_not_decodable())
 }
 
+/// `exp` and `nbf` against the clock, with `leeway_s` seconds of leeway (on the first
+/// verification and on every reuse of a remembered one).
+fn check_times(claims: &Claims, leeway_s: u64) -> Result<(), AuthError> {
+    let now = crate::mint::now_epoch();
+    let leeway = i64::try_from(leeway_s).unwrap_or(i64::MAX);
+    if claims.exp < now.saturating_sub(leeway) {
+        return Err(AuthError::new(FailureReason::Expired, "exp is in the past"));
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+    {
+        return Err(AuthError::new(
+            FailureReason::NotYetValid,
+            "nbf is in the future",
+        ));
+    }
+    Ok(())
+}
+
 fn alg_name(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::RS256 => "RS256",
@@ -251,21 +271,7 @@ impl Verifier {
             .get(key)
             .filter(|r| r.at.elapsed() < REMEMBER_FOR)
             .map(|r| r.token.clone())?;
-        let now = crate::mint::now_epoch();
-        let leeway = self.policy.leeway_s as i64;
-        if hit.claims.exp + leeway < now {
-            return Some(Err(AuthError::new(
-                FailureReason::Expired,
-                "exp is in the past",
-            )));
-        }
-        if hit.claims.nbf.is_some_and(|nbf| nbf - leeway > now) {
-            return Some(Err(AuthError::new(
-                FailureReason::NotYetValid,
-                "nbf is in the future",
-            )));
-        }
-        Some(Ok(hit))
+        Some(check_times(&hit.claims, self.policy.leeway_s).map(|()| hit))
     }
 
     fn remember(&self, key: [u8; 32], token: &VerifiedToken) {
@@ -369,20 +375,7 @@ impl Verifier {
         if claims.exp < 0 || claims.nbf.is_some_and(|n| n < 0) {
             return Err(malformed("exp or nbf is not a time"));
         }
-        let now = crate::mint::now_epoch();
-        let leeway = i64::try_from(self.policy.leeway_s).unwrap_or(i64::MAX);
-        if claims.exp < now.saturating_sub(leeway) {
-            return Err(AuthError::new(FailureReason::Expired, "exp is in the past"));
-        }
-        if claims
-            .nbf
-            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
-        {
-            return Err(AuthError::new(
-                FailureReason::NotYetValid,
-                "nbf is in the future",
-            ));
-        }
+        check_times(claims, self.policy.leeway_s)?;
         if claims.iss != self.policy.issuer {
             return Err(AuthError::new(
                 FailureReason::WrongIssuer,
