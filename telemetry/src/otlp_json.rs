@@ -43,14 +43,6 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 impl<'a> Fields<'a> {
-    /// The next field, `Some(Err(()))` when the bytes are not a well-formed message.
-    fn next_field(&mut self) -> Option<Result<(u32, Wire<'a>), ()>> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        Some(self.read().ok_or(()))
-    }
-
     fn read(&mut self) -> Option<(u32, Wire<'a>)> {
         let mut pos = 0;
         let key = varint(self.buf, &mut pos)?;
@@ -82,10 +74,11 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Iterate over the fields of `buf`, stopping the transcoding on malformed bytes.
+/// The fields of `buf`; an item is `None` where the bytes stop being a well-formed message (the
+/// transcoding stops there).
 fn fields(buf: &[u8]) -> impl Iterator<Item = Option<(u32, Wire<'_>)>> {
     let mut f = Fields { buf };
-    std::iter::from_fn(move || f.next_field().map(Result::ok))
+    std::iter::from_fn(move || (!f.buf.is_empty()).then(|| f.read()))
 }
 
 fn bytes(w: Wire<'_>) -> Option<&[u8]> {
@@ -246,6 +239,18 @@ fn object(out: &mut String, members: &[(&str, J<'_>)]) -> Option<()> {
 /// limit) takes over: a crafted body must not exhaust the stack.
 const MAX_VALUE_DEPTH: u32 = 32;
 
+/// The messages of a message's repeated field 1 (`values` of an `ArrayValue` or a
+/// `KeyValueList`, `resource_spans` of the request), other fields skipped.
+fn repeated_1(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut items = Vec::new();
+    for f in fields(buf) {
+        if let (1, w) = f? {
+            items.push(bytes(w)?);
+        }
+    }
+    Some(items)
+}
+
 fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
     if depth > MAX_VALUE_DEPTH {
         return None;
@@ -281,18 +286,16 @@ fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
         }
         Some((5, w)) => {
             out.push_str("{\"arrayValue\":{\"values\":");
-            let items: Vec<&[u8]> = fields(bytes(w)?)
-                .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
-                .collect::<Option<_>>()?;
-            push_list(out, &items, |o, b| any_value(o, b, depth + 1))?;
+            push_list(out, &repeated_1(bytes(w)?)?, |o, b| {
+                any_value(o, b, depth + 1)
+            })?;
             out.push_str("}}");
         }
         Some((6, w)) => {
             out.push_str("{\"kvlistValue\":{\"values\":");
-            let items: Vec<&[u8]> = fields(bytes(w)?)
-                .map(|f| f.and_then(|(n, w)| (n == 1).then_some(w)).and_then(bytes))
-                .collect::<Option<_>>()?;
-            push_list(out, &items, |o, b| key_value(o, b, depth + 1))?;
+            push_list(out, &repeated_1(bytes(w)?)?, |o, b| {
+                key_value(o, b, depth + 1)
+            })?;
             out.push_str("}}");
         }
         // double (4), bytes (7), string-table index (8): the full decoder.
@@ -311,20 +314,13 @@ fn key_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
             _ => {}
         }
     }
-    if strindex != 0 {
-        return object(
-            out,
-            &[
-                ("key", J::Str(key)),
-                ("value", J::Value(value, depth)),
-                ("keyStrindex", J::Num(i64::from(strindex))),
-            ],
-        );
-    }
-    object(
-        out,
-        &[("key", J::Str(key)), ("value", J::Value(value, depth))],
-    )
+    let members = [
+        ("key", J::Str(key)),
+        ("value", J::Value(value, depth)),
+        ("keyStrindex", J::Num(i64::from(strindex))),
+    ];
+    // `keyStrindex` is written only when set.
+    object(out, &members[..if strindex != 0 { 3 } else { 2 }])
 }
 
 fn resource(out: &mut String, buf: &[u8]) -> Option<()> {
@@ -542,12 +538,7 @@ fn container(
 pub(crate) fn trace_export_json(body: &[u8]) -> Option<(String, usize)> {
     let mut out = String::with_capacity(body.len() * 2 + 64);
     let mut spans = 0usize;
-    let mut resource_spans = Vec::new();
-    for f in fields(body) {
-        if let (1, w) = f? {
-            resource_spans.push(bytes(w)?);
-        }
-    }
+    let resource_spans = repeated_1(body)?;
     out.push_str("{\"resourceSpans\":");
     push_list(&mut out, &resource_spans, |out, rs| {
         container(
