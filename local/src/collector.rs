@@ -102,7 +102,7 @@ impl Collector {
         let line = export
             .to_json_line()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        append_line(&self.metrics_file, &self.metrics_path, line)?;
+        append_line(&self.metrics_file, &self.metrics_path, &(line + "\n"))?;
         self.metric_exports.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -148,9 +148,22 @@ impl Collector {
     /// pool so the async workers stay free.
     pub fn store(&self, content_type: &str, body: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let invalid = |e: telemetry::otlp::OtlpError| StoreError::Invalid(e.to_string());
-        let stored = telemetry::otlp::trace_store_line(content_type, body).map_err(invalid)?;
-        append_line(&self.file, &self.path, stored.line)?;
-        self.spans.fetch_add(stored.spans as u64, Ordering::Relaxed);
+        // One line buffer per blocking-pool thread, kept between exports.
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let spans = LINE.with_borrow_mut(|line| {
+            let spans = telemetry::otlp::trace_store_line(content_type, body, line);
+            let written = spans.map_err(invalid).and_then(|spans| {
+                line.push('\n');
+                append_line(&self.file, &self.path, line).map(|()| spans)
+            });
+            if line.capacity() > LINE_KEPT {
+                *line = String::new();
+            }
+            written
+        })?;
+        self.spans.fetch_add(spans as u64, Ordering::Relaxed);
         if !self.forwards() {
             return Ok(None);
         }
@@ -184,13 +197,15 @@ impl Collector {
     }
 }
 
-/// Append one line to a store file; the lock keeps lines whole.
+/// The largest line buffer a thread keeps for the next export.
+const LINE_KEPT: usize = 8 << 20;
+
+/// Append one line (ending in a newline) to a store file; the lock keeps lines whole.
 fn append_line(
     file: &std::sync::Mutex<std::fs::File>,
     path: &Path,
-    mut line: String,
+    line: &str,
 ) -> Result<(), StoreError> {
-    line.push('\n');
     let mut f = file.lock().map_err(|_| {
         StoreError::Unavailable(format!("the lock of {} is poisoned", path.display()))
     })?;

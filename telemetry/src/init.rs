@@ -15,6 +15,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::attrs::Service;
 use crate::export::RedactingExporter;
 use crate::logs::{JsonLogLayer, Sink};
+use crate::otlp_export::OtlpHttpExporter;
 
 /// How long a Lambda invocation waits for its spans to be flushed before it returns.
 pub const LAMBDA_FLUSH_BOUND: Duration = Duration::from_millis(1500);
@@ -229,20 +230,18 @@ impl Telemetry {
     }
 }
 
+/// The embedded collector's exporter: OTLP/HTTP protobuf written straight from the span records
+/// ([`crate::otlp_export`]).
 fn build_otlp_http(
     endpoint: String,
     timeout: Duration,
 ) -> Result<impl SpanExporter + 'static, TelemetryError> {
-    opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(endpoint)
-        .with_timeout(timeout)
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            which: "otlp-http",
-            reason: e.to_string(),
-        })
+    let fail = |reason: String| TelemetryError::Exporter {
+        which: "collector",
+        reason,
+    };
+    let client = OtlpHttpExporter::blocking_client(timeout).map_err(fail)?;
+    OtlpHttpExporter::new(client, &endpoint, timeout).map_err(fail)
 }
 
 /// Build exporters. Runs on its own thread: the blocking HTTP client must not be created inside
@@ -343,15 +342,12 @@ fn build_provider(
                         });
                     let client = crate::xray::SigV4HttpClient::new(&region, cfg.export_timeout)
                         .map_err(|e| fail("xray-otlp", e.to_string()))?;
-                    use opentelemetry_otlp::WithHttpConfig;
-                    let exporter = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_http_client(client)
-                        .with_protocol(Protocol::HttpBinary)
-                        .with_endpoint(endpoint)
-                        .with_timeout(cfg.export_timeout)
-                        .build()
-                        .map_err(|e| fail("xray-otlp", e.to_string()))?;
+                    let exporter = OtlpHttpExporter::new(
+                        std::sync::Arc::new(client),
+                        &endpoint,
+                        cfg.export_timeout,
+                    )
+                    .map_err(|e| fail("xray-otlp", e))?;
                     builder = builder.with_span_processor(batch(exporter));
                     exporters.push("xray-otlp");
                 }

@@ -19,6 +19,7 @@ mod init;
 mod logs;
 pub mod metrics;
 pub mod otlp;
+mod otlp_export;
 mod otlp_json;
 pub mod propagation;
 pub mod provenance;

@@ -87,34 +87,28 @@ fn scrubbed(line: String) -> String {
     }
 }
 
-/// What the collector appends for one trace export: the scrubbed OTLP/JSON line (no newline)
-/// and the number of spans in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreLine {
-    /// The line.
-    pub line: String,
-    /// Spans in the export.
-    pub spans: usize,
-}
-
-/// The store line of an OTLP/HTTP trace export body. Protobuf bodies are transcoded to JSON in
-/// one pass over the wire bytes when they hold only what tracers send; everything else (and
-/// every JSON body) goes through the full decoder, which also reports what is wrong with a bad
-/// body.
-pub fn trace_store_line(content_type: &str, body: &[u8]) -> Result<StoreLine, OtlpError> {
+/// Write the store line of an OTLP/HTTP trace export body into `line` (replacing what it held;
+/// no newline) and return the number of spans in it. The line is OTLP/JSON, scrubbed. Protobuf
+/// bodies are transcoded to JSON in one pass over the wire bytes when they hold only what
+/// tracers send; everything else (and every JSON body) goes through the full decoder, which also
+/// reports what is wrong with a bad body. A collector passes the same buffer for every export:
+/// a line of a few hundred spans is a megabyte, and a fresh one each time costs page faults.
+pub fn trace_store_line(
+    content_type: &str,
+    body: &[u8],
+    line: &mut String,
+) -> Result<usize, OtlpError> {
     if is_protobuf(content_type)
-        && let Some((line, spans)) = crate::otlp_json::trace_export_json(body)
+        && let Some(spans) = crate::otlp_json::trace_export_json(body, line)
     {
-        return Ok(StoreLine {
-            line: scrubbed(line),
-            spans,
-        });
+        if let std::borrow::Cow::Owned(clean) = crate::redact::scrub(line) {
+            *line = clean;
+        }
+        return Ok(spans);
     }
     let export = TraceExport::decode(content_type, body)?;
-    Ok(StoreLine {
-        line: export.to_json_line()?,
-        spans: export.span_count(),
-    })
+    *line = export.to_json_line()?;
+    Ok(export.span_count())
 }
 
 /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's

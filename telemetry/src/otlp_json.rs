@@ -535,12 +535,14 @@ fn container(
 
 /// The OTLP/JSON text of an `ExportTraceServiceRequest` in protobuf, and its span count; `None`
 /// when the message needs the full decoder (see the module documentation).
-pub(crate) fn trace_export_json(body: &[u8]) -> Option<(String, usize)> {
-    let mut out = String::with_capacity(body.len() * 2 + 64);
+pub(crate) fn trace_export_json(body: &[u8], out: &mut String) -> Option<usize> {
+    out.clear();
+    // OTLP/JSON of spans is about three times their protobuf.
+    out.reserve(body.len() * 3 + 64);
     let mut spans = 0usize;
     let resource_spans = repeated_1(body)?;
     out.push_str("{\"resourceSpans\":");
-    push_list(&mut out, &resource_spans, |out, rs| {
+    push_list(out, &resource_spans, |out, rs| {
         container(
             out,
             rs,
@@ -555,12 +557,18 @@ pub(crate) fn trace_export_json(body: &[u8]) -> Option<(String, usize)> {
         )
     })?;
     out.push('}');
-    Some((out, spans))
+    Some(spans)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The line and span count, in a fresh buffer.
+    fn json(body: &[u8]) -> Option<(String, usize)> {
+        let mut out = String::new();
+        trace_export_json(body, &mut out).map(|n| (out, n))
+    }
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{
         AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
@@ -683,14 +691,12 @@ mod tests {
     #[test]
     fn writes_what_the_serde_encoding_writes() {
         let req = rich();
-        let (line, spans) = trace_export_json(&req.encode_to_vec()).expect("fast path");
+        let (line, spans) = json(&req.encode_to_vec()).expect("fast path");
         assert_eq!(line, serde_json::to_string(&req).expect("serde"));
         assert_eq!(spans, 2);
         let empty = ExportTraceServiceRequest::default();
         assert_eq!(
-            trace_export_json(&empty.encode_to_vec())
-                .expect("fast path")
-                .0,
+            json(&empty.encode_to_vec()).expect("fast path").0,
             serde_json::to_string(&empty).expect("serde")
         );
     }
@@ -718,9 +724,9 @@ mod tests {
             req
         };
         let shallow = nest(10);
-        let (line, _) = trace_export_json(&shallow.encode_to_vec()).expect("fast path");
+        let (line, _) = json(&shallow.encode_to_vec()).expect("fast path");
         assert_eq!(line, serde_json::to_string(&shallow).expect("serde"));
-        assert!(trace_export_json(&nest(40).encode_to_vec()).is_none());
+        assert!(json(&nest(40).encode_to_vec()).is_none());
         // Far deeper than any decoder accepts, built on the wire: no line, no overflow.
         // AnyValue{arrayValue: ArrayValue{values: [AnyValue{…}]}} 50 000 times around a leaf.
         let levels = 50_000;
@@ -758,7 +764,7 @@ mod tests {
             v
         };
         let body = wrap(0x0a, wrap(0x12, wrap(0x12, span)));
-        assert!(trace_export_json(&body).is_none());
+        assert!(json(&body).is_none());
         assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
     }
 
@@ -774,7 +780,7 @@ mod tests {
     fn agrees_with_the_full_decoder(
         body: &[u8],
     ) -> Result<(), proptest::test_runner::TestCaseError> {
-        if let Some((line, _)) = trace_export_json(body) {
+        if let Some((line, _)) = json(body) {
             let req = ExportTraceServiceRequest::decode(body);
             proptest::prop_assert!(req.is_ok());
             if let Ok(req) = req {
@@ -808,7 +814,7 @@ mod tests {
         // Field 99, varint; field 98, length-delimited; field 97, fixed32: unknown to OTLP.
         body.extend_from_slice(&[0x98, 0x06, 0x01, 0x92, 0x06, 0x02, b'h', b'i', 0x8d, 0x06]);
         body.extend_from_slice(&[1, 2, 3, 4]);
-        let (line, _) = trace_export_json(&body).expect("fast path");
+        let (line, _) = json(&body).expect("fast path");
         assert_eq!(line, serde_json::to_string(&req).expect("serde"));
     }
 
@@ -824,12 +830,12 @@ mod tests {
             req.resource_spans[0].scope_spans[0].spans[0]
                 .attributes
                 .push(kv("other", Some(v)));
-            assert!(trace_export_json(&req.encode_to_vec()).is_none());
+            assert!(json(&req.encode_to_vec()).is_none());
         }
         let body = rich().encode_to_vec();
         // Truncated anywhere: never a line, never a panic.
         for cut in 1..body.len() {
-            if let Some((line, _)) = trace_export_json(&body[..cut]) {
+            if let Some((line, _)) = json(&body[..cut]) {
                 // A cut at a field boundary of the outer message is a shorter valid message.
                 let req = ExportTraceServiceRequest::decode(&body[..cut]).expect("valid prefix");
                 assert_eq!(line, serde_json::to_string(&req).expect("serde"));
@@ -840,7 +846,7 @@ mod tests {
         req.resource_spans.push(ResourceSpans::default());
         let mut bad = req.encode_to_vec();
         bad.extend_from_slice(&[0x0a, 0x04, 0x1a, 0x02, 0xff, 0xfe]);
-        assert!(trace_export_json(&bad).is_none());
+        assert!(json(&bad).is_none());
         assert!(ExportTraceServiceRequest::decode(&bad[..]).is_err());
         // A status sent twice (protobuf merges them).
         let mut twice = Span::default().encode_to_vec();
@@ -854,6 +860,6 @@ mod tests {
         let mut top = vec![0x0a, rs.len() as u8];
         top.extend_from_slice(&rs);
         assert!(ExportTraceServiceRequest::decode(&top[..]).is_ok());
-        assert!(trace_export_json(&top).is_none());
+        assert!(json(&top).is_none());
     }
 }

@@ -52,8 +52,12 @@ pub fn may_contain_jwt(bytes: &[u8]) -> bool {
         let run = bytes[p + 2..].iter().take_while(|b| b64(**b)).count();
         run >= 6 && bytes.get(p + 2 + run) == Some(&b'.')
     };
-    memchr::memmem::find_iter(bytes, b"ey").any(starts_jwt)
-        || memchr::memmem::find_iter(bytes, b"ew").any(starts_jwt)
+    // The searchers are built once: building one costs more than scanning an attribute value.
+    static EY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"ey"));
+    static EW: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"ew"));
+    EY.find_iter(bytes).any(starts_jwt) || EW.find_iter(bytes).any(starts_jwt)
 }
 
 /// Every JWT-shaped substring of `s` (for leak scans).

@@ -1,0 +1,821 @@
+//! OTLP/HTTP protobuf span export written straight from the SDK's span records.
+//!
+//! `opentelemetry-otlp` first copies every span into owned `opentelemetry-proto` messages (each
+//! attribute key and value cloned into a new `String`, every id into a new `Vec`), then encodes
+//! them with prost. On a hop that copy and its frees cost more than the encoding itself, and the
+//! hop pays it for every span. [`encode_request`] writes the `ExportTraceServiceRequest` bytes
+//! directly from `&[SpanData]` — byte for byte what `opentelemetry-proto` + prost produce (a test
+//! compares both on random spans) — and [`OtlpHttpExporter`] posts them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_http::{Bytes, HttpClient};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+/// Protobuf wire types used here.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(buf, u64::from(field << 3 | wire));
+}
+
+/// A length-delimited field, written even when empty (a oneof member, a present message).
+fn len_always(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    key(buf, field, LEN);
+    varint(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
+}
+
+/// A proto3 `string`/`bytes` field: absent when empty.
+fn len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        len_always(buf, field, bytes);
+    }
+}
+
+/// A proto3 varint field (`uint32`, `int32`, enum): absent when zero.
+fn varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, VARINT);
+        varint(buf, v);
+    }
+}
+
+fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, FIXED64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn fixed32_field(buf: &mut Vec<u8>, field: u32, v: u32) {
+    if v != 0 {
+        key(buf, field, FIXED32);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// An embedded message: its body is written in place, then its length is put in front of it
+/// (one byte reserved; a longer length shifts the body once).
+fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.push(0);
+    body(buf);
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        buf.splice(at..=at, prefix);
+    }
+}
+
+fn any_value(buf: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::String(s) => len_always(buf, 1, s.as_str().as_bytes()),
+        Value::Bool(b) => {
+            key(buf, 2, VARINT);
+            varint(buf, u64::from(*b));
+        }
+        Value::I64(i) => {
+            key(buf, 3, VARINT);
+            varint(buf, *i as u64);
+        }
+        Value::F64(f) => {
+            key(buf, 4, FIXED64);
+            buf.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::Array(a) => message(buf, 5, |buf| array(buf, a)),
+        // A value kind added to the API after this was written: its text, never a panic.
+        other => len_always(buf, 1, other.to_string().as_bytes()),
+    }
+}
+
+fn array(buf: &mut Vec<u8>, a: &Array) {
+    fn each<T>(buf: &mut Vec<u8>, items: &[T], to_value: impl Fn(&T) -> Value) {
+        for item in items {
+            message(buf, 1, |buf| any_value(buf, &to_value(item)));
+        }
+    }
+    match a {
+        Array::Bool(v) => each(buf, v, |b| Value::Bool(*b)),
+        Array::I64(v) => each(buf, v, |i| Value::I64(*i)),
+        Array::F64(v) => each(buf, v, |f| Value::F64(*f)),
+        Array::String(v) => {
+            for s in v {
+                message(buf, 1, |buf| len_always(buf, 1, s.as_str().as_bytes()));
+            }
+        }
+        other => message(buf, 1, |buf| {
+            len_always(buf, 1, other.to_string().as_bytes())
+        }),
+    }
+}
+
+/// `KeyValue` messages as repeated field `field`.
+fn attributes<'a>(
+    buf: &mut Vec<u8>,
+    field: u32,
+    kvs: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) {
+    for (k, v) in kvs {
+        message(buf, field, |buf| {
+            len_field(buf, 1, k.as_bytes());
+            message(buf, 2, |buf| any_value(buf, v));
+        });
+    }
+}
+
+fn kv_pairs(kvs: &[KeyValue]) -> impl Iterator<Item = (&str, &Value)> {
+    kvs.iter().map(|kv| (kv.key.as_str(), &kv.value))
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `SpanFlags`: the W3C trace flags, plus "has is-remote" and "is remote" bits.
+fn flags(remote: bool, cx: &SpanContext) -> u32 {
+    u32::from(cx.trace_flags().to_u8()) | 0x100 | if remote { 0x200 } else { 0 }
+}
+
+fn kind(k: &SpanKind) -> u64 {
+    match k {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn span(buf: &mut Vec<u8>, s: &SpanData) {
+    let cx = &s.span_context;
+    len_field(buf, 1, &cx.trace_id().to_bytes());
+    len_field(buf, 2, &cx.span_id().to_bytes());
+    len_field(buf, 3, cx.trace_state().header().as_bytes());
+    if s.parent_span_id != SpanId::INVALID {
+        len_field(buf, 4, &s.parent_span_id.to_bytes());
+    }
+    len_field(buf, 5, s.name.as_bytes());
+    varint_field(buf, 6, kind(&s.span_kind));
+    fixed64_field(buf, 7, nanos(s.start_time));
+    fixed64_field(buf, 8, nanos(s.end_time));
+    attributes(buf, 9, kv_pairs(&s.attributes));
+    varint_field(buf, 10, u64::from(s.dropped_attributes_count));
+    for e in &s.events.events {
+        message(buf, 11, |buf| {
+            fixed64_field(buf, 1, nanos(e.timestamp));
+            len_field(buf, 2, e.name.as_bytes());
+            attributes(buf, 3, kv_pairs(&e.attributes));
+            varint_field(buf, 4, u64::from(e.dropped_attributes_count));
+        });
+    }
+    varint_field(buf, 12, u64::from(s.events.dropped_count));
+    for l in &s.links.links {
+        message(buf, 13, |buf| {
+            let lcx = &l.span_context;
+            len_field(buf, 1, &lcx.trace_id().to_bytes());
+            len_field(buf, 2, &lcx.span_id().to_bytes());
+            len_field(buf, 3, lcx.trace_state().header().as_bytes());
+            attributes(buf, 4, kv_pairs(&l.attributes));
+            varint_field(buf, 5, u64::from(l.dropped_attributes_count));
+            fixed32_field(buf, 6, flags(lcx.is_remote(), lcx));
+        });
+    }
+    varint_field(buf, 14, u64::from(s.links.dropped_count));
+    message(buf, 15, |buf| {
+        let (code, text) = match &s.status {
+            Status::Unset => (0, ""),
+            Status::Ok => (1, ""),
+            Status::Error { description } => (2, description.as_ref()),
+        };
+        len_field(buf, 2, text.as_bytes());
+        varint_field(buf, 3, code);
+    });
+    // prost writes fields in tag order: `flags` (16) comes last.
+    fixed32_field(buf, 16, flags(s.parent_span_is_remote, cx));
+}
+
+fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
+    len_field(buf, 1, scope.name().as_bytes());
+    len_field(buf, 2, scope.version().unwrap_or_default().as_bytes());
+    attributes(
+        buf,
+        3,
+        kv_pairs(&scope.attributes().cloned().collect::<Vec<_>>()),
+    );
+}
+
+/// The resource part of every request, encoded once: the `Resource` message (field 1 of
+/// `ResourceSpans`) and the resource's schema URL (field 3).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EncodedResource {
+    message: Vec<u8>,
+    schema_url: String,
+}
+
+impl EncodedResource {
+    pub(crate) fn new(resource: &Resource) -> Self {
+        let mut message = Vec::new();
+        attributes(
+            &mut message,
+            1,
+            resource.iter().map(|(k, v)| (k.as_str(), v)),
+        );
+        Self {
+            message,
+            schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// One `ExportTraceServiceRequest`: one `ResourceSpans`, one `ScopeSpans` per instrumentation
+/// scope in order of first appearance, spans in batch order.
+pub(crate) fn encode_request(resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> {
+    let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
+    for s in spans {
+        match scopes
+            .iter_mut()
+            .find(|(sc, _)| *sc == &s.instrumentation_scope)
+        {
+            Some((_, members)) => members.push(s),
+            None => scopes.push((&s.instrumentation_scope, vec![s])),
+        }
+    }
+    let mut buf = Vec::with_capacity(64 + spans.len() * 768 + resource.message.len());
+    message(&mut buf, 1, |buf| {
+        len_always(buf, 1, &resource.message);
+        for (sc, members) in &scopes {
+            message(buf, 2, |buf| {
+                message(buf, 1, |buf| scope(buf, sc));
+                for s in members {
+                    message(buf, 2, |buf| span(buf, s));
+                }
+                len_field(buf, 3, sc.schema_url().unwrap_or_default().as_bytes());
+            });
+        }
+        len_field(buf, 3, resource.schema_url.as_bytes());
+    });
+    buf
+}
+
+/// Statuses worth another attempt (as the OTLP/HTTP specification lists them).
+fn retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// OTLP/HTTP protobuf span exporter over any [`HttpClient`] (the blocking reqwest client for the
+/// embedded collector, the SigV4-signing one for X-Ray). Retries throttling and gateway errors
+/// with backoff inside the export's time bound.
+#[derive(Debug)]
+pub(crate) struct OtlpHttpExporter {
+    client: Arc<dyn HttpClient>,
+    endpoint: http::Uri,
+    timeout: Duration,
+    resource: EncodedResource,
+}
+
+impl OtlpHttpExporter {
+    pub(crate) fn new(
+        client: Arc<dyn HttpClient>,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let endpoint: http::Uri = endpoint
+            .parse()
+            .map_err(|e| format!("endpoint `{endpoint}`: {e}"))?;
+        if endpoint.scheme().is_none() || endpoint.host().is_none() {
+            return Err(format!(
+                "endpoint `{endpoint}`: needs a scheme and a host (http://host:port/v1/traces)"
+            ));
+        }
+        Ok(Self {
+            client,
+            endpoint,
+            timeout,
+            resource: EncodedResource::default(),
+        })
+    }
+
+    /// The blocking reqwest client every export of the embedded collector goes through. Must be
+    /// built outside an async runtime.
+    pub(crate) fn blocking_client(timeout: Duration) -> Result<Arc<dyn HttpClient>, String> {
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map(|c| Arc::new(c) as Arc<dyn HttpClient>)
+            .map_err(|e| e.to_string())
+    }
+
+    /// One attempt. On failure: whether to try again, after at least how long (`Retry-After`),
+    /// and why it failed.
+    async fn post_once(&self, body: &Bytes) -> Result<(), (bool, Option<Duration>, String)> {
+        let request = http::Request::post(self.endpoint.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body.clone())
+            .map_err(|e| (false, None, format!("cannot build the request: {e}")))?;
+        match self.client.send_bytes(request).await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                let after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err((
+                    retryable(status.as_u16()),
+                    after,
+                    format!("{} answered {status}", self.endpoint),
+                ))
+            }
+            Err(e) => Err((true, None, format!("{}: {e}", self.endpoint))),
+        }
+    }
+}
+
+/// Retries after a retryable failure, as the OpenTelemetry SDK's default policy: at most three,
+/// 100 ms doubling up to 1.6 s (or what `Retry-After` asks), never past the export's bound.
+const RETRIES: u32 = 3;
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_millis(1600);
+
+impl SpanExporter for OtlpHttpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let body = Bytes::from(encode_request(&self.resource, &batch));
+        let started = Instant::now();
+        let mut delay = FIRST_DELAY;
+        let mut attempt = 0;
+        loop {
+            match self.post_once(&body).await {
+                Ok(()) => return Ok(()),
+                Err((again, after, why)) => {
+                    let wait = after.map_or(delay, |a| a.max(delay));
+                    if !again || attempt == RETRIES || started.elapsed() + wait >= self.timeout {
+                        return Err(OTelSdkError::InternalFailure(format!(
+                            "OTLP export of {} spans failed: {why}",
+                            batch.len()
+                        )));
+                    }
+                    attempt += 1;
+                    // The export runs on the batch processor's own thread.
+                    std::thread::sleep(wait);
+                    delay = (delay * 2).min(MAX_DELAY);
+                }
+            }
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = EncodedResource::new(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Event, Link, SpanContext, TraceFlags, TraceId, TraceState};
+    use opentelemetry::{KeyValue, StringValue};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use proptest::prelude::*;
+    use prost::Message;
+    use std::borrow::Cow;
+
+    /// What `opentelemetry-otlp` sends for the same batch.
+    fn reference(resource: &Resource, spans: Vec<SpanData>) -> Vec<u8> {
+        let rs = ResourceAttributesWithSchema::from(resource);
+        ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(spans, &rs),
+        }
+        .encode_to_vec()
+    }
+
+    fn value(seed: u64, text: &str) -> Value {
+        match seed % 9 {
+            0 => Value::Bool(seed.is_multiple_of(2)),
+            1 => Value::I64(seed as i64 - 1_000_000),
+            2 => Value::I64(-(seed as i64)),
+            3 => Value::F64(seed as f64 / 7.0),
+            4 => Value::Array(Array::String(vec![
+                StringValue::from(text.to_owned()),
+                StringValue::from(""),
+            ])),
+            5 => Value::Array(Array::I64(vec![0, -1, seed as i64])),
+            6 => Value::Array(Array::Bool(vec![true, false])),
+            7 => Value::Array(Array::F64(vec![0.0, -2.5])),
+            _ => Value::String(text.to_owned().into()),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Shape {
+        seed: u64,
+        text: String,
+        attrs: usize,
+        events: usize,
+        links: usize,
+        status: u8,
+        scope: u8,
+        remote: bool,
+        parent: bool,
+        state: bool,
+        time_zero: bool,
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        (
+            any::<u64>(),
+            "\\PC{0,300}",
+            0usize..40,
+            0usize..3,
+            0usize..3,
+            0u8..3,
+            0u8..3,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(seed, text, attrs, events, links, status, scope, remote, parent, state, tz)| {
+                    Shape {
+                        seed,
+                        text,
+                        attrs,
+                        events,
+                        links,
+                        status,
+                        scope,
+                        remote,
+                        parent,
+                        state,
+                        time_zero: tz,
+                    }
+                },
+            )
+    }
+
+    fn kvs(seed: u64, n: usize, text: &str) -> Vec<KeyValue> {
+        (0..n)
+            .map(|i| {
+                let key = match i {
+                    3 => String::new(),
+                    5 => text.to_owned(),
+                    _ => format!("tokentrail.k{i}"),
+                };
+                KeyValue::new(key, value(seed.wrapping_add(i as u64 * 7919), text))
+            })
+            .collect()
+    }
+
+    fn span_data(s: &Shape) -> SpanData {
+        let state = if s.state {
+            TraceState::from_key_value([("vendor", "v1"), ("other", "x")]).unwrap_or_default()
+        } else {
+            TraceState::default()
+        };
+        let cx = SpanContext::new(
+            TraceId::from(u128::from(s.seed) << 64 | 0x5f00_0000),
+            SpanId::from(s.seed | 1),
+            if s.seed.is_multiple_of(3) {
+                TraceFlags::default()
+            } else {
+                TraceFlags::SAMPLED
+            },
+            false,
+            state,
+        );
+        let t0 = if s.time_zero {
+            UNIX_EPOCH
+        } else {
+            UNIX_EPOCH + Duration::from_nanos(1_764_000_000_000_000_000 + s.seed % 1_000_000)
+        };
+        let mut events = SpanEvents::default();
+        for i in 0..s.events {
+            events.events.push(Event::new(
+                if i == 0 { "rejected" } else { "" },
+                t0 + Duration::from_micros(i as u64),
+                kvs(s.seed ^ 0xe, i * 2, &s.text),
+                i as u32,
+            ));
+        }
+        events.dropped_count = (s.seed % 2) as u32;
+        let mut links = SpanLinks::default();
+        for i in 0..s.links {
+            links.links.push(Link::new(
+                SpanContext::new(
+                    TraceId::from(u128::from(s.seed ^ i as u64) + 1),
+                    SpanId::from(i as u64 + 9),
+                    TraceFlags::SAMPLED,
+                    i % 2 == 0,
+                    TraceState::default(),
+                ),
+                kvs(s.seed ^ 0x1, i, &s.text),
+                i as u32,
+            ));
+        }
+        let scope = match s.scope {
+            0 => InstrumentationScope::builder("tokentrail").build(),
+            1 => InstrumentationScope::builder("tracing-opentelemetry")
+                .with_version("0.34")
+                .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
+                .with_attributes([KeyValue::new("lib", "x")])
+                .build(),
+            _ => InstrumentationScope::builder("").build(),
+        };
+        SpanData {
+            span_context: cx,
+            parent_span_id: if s.parent {
+                SpanId::from(s.seed.rotate_left(7) | 2)
+            } else {
+                SpanId::INVALID
+            },
+            parent_span_is_remote: s.remote,
+            span_kind: match s.seed % 5 {
+                0 => SpanKind::Internal,
+                1 => SpanKind::Server,
+                2 => SpanKind::Client,
+                3 => SpanKind::Producer,
+                _ => SpanKind::Consumer,
+            },
+            name: if s.seed.is_multiple_of(4) {
+                Cow::Owned(s.text.clone())
+            } else {
+                Cow::Borrowed("gateway.inbound")
+            },
+            start_time: t0,
+            end_time: t0 + Duration::from_nanos(s.seed % 10_000_000),
+            attributes: kvs(s.seed, s.attrs, &s.text),
+            dropped_attributes_count: (s.seed % 3) as u32,
+            events,
+            links,
+            status: match s.status {
+                0 => Status::Unset,
+                1 => Status::Ok,
+                _ => Status::error(s.text.clone()),
+            },
+            instrumentation_scope: scope,
+        }
+    }
+
+    fn resource(with_schema: bool) -> Resource {
+        let b = Resource::builder_empty().with_attributes([
+            KeyValue::new("service.name", "gateway"),
+            KeyValue::new("service.namespace", "tokentrail"),
+            KeyValue::new("faas.max_memory", 128),
+        ]);
+        if with_schema {
+            b.with_schema_url(
+                [KeyValue::new("cloud.provider", "aws")],
+                "https://opentelemetry.io/schemas/1.30.0",
+            )
+            .build()
+        } else {
+            b.build()
+        }
+    }
+
+    /// Equal bytes; on a difference, the first differing line of the decoded messages.
+    fn same(ours: &[u8], theirs: &[u8]) -> Result<(), String> {
+        if ours == theirs {
+            return Ok(());
+        }
+        let show = |b: &[u8]| match ExportTraceServiceRequest::decode(b) {
+            Ok(m) => format!("{m:#?}"),
+            Err(e) => format!("undecodable: {e}"),
+        };
+        let (a, b) = (show(ours), show(theirs));
+        let at = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+        Err(format!(
+            "{} vs {} bytes; first difference at decoded line {at:?}: {:?} vs {:?}",
+            ours.len(),
+            theirs.len(),
+            at.and_then(|i| a.lines().nth(i)),
+            at.and_then(|i| b.lines().nth(i)),
+        ))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_request_is_byte_for_byte_what_opentelemetry_otlp_sends(
+            shapes in prop::collection::vec(shape(), 0..12),
+            with_schema in any::<bool>(),
+        ) {
+            let res = resource(with_schema);
+            let spans: Vec<SpanData> = shapes.iter().map(span_data).collect();
+            let ours = encode_request(&EncodedResource::new(&res), &spans);
+            if let Err(e) = same(&ours, &reference(&res, spans)) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_hop_span_encodes_as_the_sdk_would_and_decodes() {
+        let shape = Shape {
+            seed: 42,
+            text: "x".repeat(200),
+            attrs: 20,
+            events: 1,
+            links: 0,
+            status: 2,
+            scope: 0,
+            remote: true,
+            parent: true,
+            state: false,
+            time_zero: false,
+        };
+        let res = resource(false);
+        let spans = vec![span_data(&shape); 300];
+        let ours = encode_request(&EncodedResource::new(&res), &spans);
+        let theirs = reference(&res, spans);
+        if let Err(e) = same(&ours, &theirs) {
+            panic!("{e}");
+        }
+        let decoded = ExportTraceServiceRequest::decode(ours.as_slice());
+        let spans_back: usize = decoded
+            .map(|r| {
+                r.resource_spans
+                    .iter()
+                    .flat_map(|rs| rs.scope_spans.iter())
+                    .map(|ss| ss.spans.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(spans_back, 300);
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use opentelemetry_http::{HttpError, Request, Response};
+    use std::sync::Mutex;
+
+    /// Answers with the given statuses in turn (the last one repeats) and records each request.
+    #[derive(Debug)]
+    struct Scripted {
+        statuses: Vec<u16>,
+        seen: Mutex<Vec<(String, Option<String>, usize)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Scripted {
+        async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+            let mut seen = self.seen.lock().map_err(|e| e.to_string())?;
+            seen.push((
+                request.uri().to_string(),
+                request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                request.body().len(),
+            ));
+            let status = self.statuses[(seen.len() - 1).min(self.statuses.len() - 1)];
+            Ok(Response::builder()
+                .status(status)
+                .body(Bytes::new())
+                .map_err(|e| e.to_string())?)
+        }
+    }
+
+    fn exporter(statuses: &[u16], timeout: Duration) -> (OtlpHttpExporter, Arc<Scripted>) {
+        let client = Arc::new(Scripted {
+            statuses: statuses.to_vec(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let e = OtlpHttpExporter::new(client.clone(), "http://127.0.0.1:9/v1/traces", timeout);
+        (e.expect("valid endpoint"), client)
+    }
+
+    fn one_span() -> Vec<SpanData> {
+        use opentelemetry::trace::{TraceFlags, TraceId, TraceState};
+        vec![SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "target.api".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: vec![KeyValue::new("tokentrail.hop.name", "target")],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Ok,
+            instrumentation_scope: InstrumentationScope::builder("tokentrail").build(),
+        }]
+    }
+
+    /// Drive one export to completion on this thread, as the batch processor does on its own.
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_batch_is_posted_as_protobuf_to_the_endpoint() {
+        let (e, seen) = exporter(&[200], Duration::from_secs(1));
+        assert!(run(e.export(one_span())).is_ok());
+        let seen = seen.seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "http://127.0.0.1:9/v1/traces");
+        assert_eq!(seen[0].1.as_deref(), Some("application/x-protobuf"));
+        assert!(seen[0].2 > 0);
+    }
+
+    #[test]
+    fn throttling_and_gateway_errors_are_retried_until_accepted() {
+        let (e, seen) = exporter(&[503, 429, 200], Duration::from_secs(2));
+        assert!(run(e.export(one_span())).is_ok());
+        assert_eq!(seen.seen.lock().expect("lock").len(), 3);
+    }
+
+    #[test]
+    fn a_refused_batch_is_an_error_at_once() {
+        let (e, seen) = exporter(&[400], Duration::from_secs(2));
+        let err = run(e.export(one_span())).expect_err("400 is an error");
+        assert!(err.to_string().contains("400"), "{err}");
+        assert_eq!(seen.seen.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn retries_stop_within_the_export_bound() {
+        let (e, seen) = exporter(&[503], Duration::from_millis(400));
+        let started = Instant::now();
+        let err = run(e.export(one_span())).expect_err("never accepted");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(400));
+        let attempts = seen.seen.lock().expect("lock").len();
+        assert!((2..=4).contains(&attempts), "{attempts} attempts");
+    }
+
+    #[test]
+    fn an_outage_longer_than_three_retries_loses_the_batch() {
+        let (e, seen) = exporter(&[503], Duration::from_secs(10));
+        let started = Instant::now();
+        assert!(run(e.export(one_span())).is_err());
+        assert_eq!(
+            seen.seen.lock().expect("lock").len(),
+            4,
+            "one try and three retries"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(700),
+            "backoff 100 + 200 + 400 ms: {took:?}"
+        );
+    }
+
+    #[test]
+    fn endpoints_without_scheme_or_host_are_refused() {
+        let client: Arc<dyn HttpClient> = Arc::new(Scripted {
+            statuses: vec![200],
+            seen: Mutex::new(Vec::new()),
+        });
+        for bad in ["127.0.0.1:4318/v1/traces", "/v1/traces", "not a url"] {
+            assert!(
+                OtlpHttpExporter::new(client.clone(), bad, Duration::from_secs(1)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
