@@ -109,6 +109,9 @@ impl From<Role> for SpanKind {
     }
 }
 
+/// Attributes a hop span usually ends with (the span contract's, plus the semantic conventions').
+const HOP_ATTRIBUTES: usize = 24;
+
 /// A span. Ends when [`Span::end`] is called or when dropped.
 #[derive(Debug)]
 pub struct Span {
@@ -128,11 +131,14 @@ impl Span {
         } else {
             Role::Server
         };
-        let mut attributes = vec![
+        // The span keeps this vector for every attribute set later: room for the contract's
+        // attributes up front saves the regrowth as the hop adds them.
+        let mut attributes = Vec::with_capacity(HOP_ATTRIBUTES);
+        attributes.extend([
             KeyValue::new(attrs::PATTERN, pattern.as_str()),
             KeyValue::new(attrs::HOP_NAME, hop.as_str()),
             KeyValue::new(attrs::HOP_INDEX, hop.index()),
-        ];
+        ]);
         let cold_start = lambda_cold_start();
         if let Some(cold) = cold_start {
             attributes.push(KeyValue::new(attrs::semconv::FAAS_COLDSTART, cold));
