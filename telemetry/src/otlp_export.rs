@@ -252,7 +252,20 @@ impl EncodedResource {
 
 /// One `ExportTraceServiceRequest`: one `ResourceSpans`, one `ScopeSpans` per instrumentation
 /// scope in order of first appearance, spans in batch order.
+#[cfg(test)]
 pub(crate) fn encode_request(resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_request_into(resource, spans, &mut buf);
+    buf
+}
+
+/// [`encode_request`] into `buf` (cleared first), so an exporter can keep one buffer: a fresh
+/// one of a few hundred kilobytes per export costs page faults and zeroed huge pages.
+pub(crate) fn encode_request_into(
+    resource: &EncodedResource,
+    spans: &[SpanData],
+    buf: &mut Vec<u8>,
+) {
     let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
     for s in spans {
         match scopes
@@ -263,8 +276,9 @@ pub(crate) fn encode_request(resource: &EncodedResource, spans: &[SpanData]) -> 
             None => scopes.push((&s.instrumentation_scope, vec![s])),
         }
     }
-    let mut buf = Vec::with_capacity(64 + spans.len() * 768 + resource.message.len());
-    message(&mut buf, 1, |buf| {
+    buf.clear();
+    buf.reserve(64 + spans.len() * 768 + resource.message.len());
+    message(buf, 1, |buf| {
         len_always(buf, 1, &resource.message);
         for (sc, members) in &scopes {
             message(buf, 2, |buf| {
@@ -277,7 +291,6 @@ pub(crate) fn encode_request(resource: &EncodedResource, spans: &[SpanData]) -> 
         }
         len_field(buf, 3, resource.schema_url.as_bytes());
     });
-    buf
 }
 
 /// Statuses worth another attempt (as the OTLP/HTTP specification lists them).
@@ -294,7 +307,12 @@ pub(crate) struct OtlpHttpExporter {
     endpoint: http::Uri,
     timeout: Duration,
     resource: EncodedResource,
+    /// The request buffer, taken back after each export when nothing else holds it.
+    scratch: std::sync::Mutex<Vec<u8>>,
 }
+
+/// The largest request buffer kept for the next export.
+const SCRATCH_KEPT: usize = 16 << 20;
 
 impl OtlpHttpExporter {
     pub(crate) fn new(
@@ -315,6 +333,7 @@ impl OtlpHttpExporter {
             endpoint,
             timeout,
             resource: EncodedResource::default(),
+            scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -356,6 +375,32 @@ impl OtlpHttpExporter {
     }
 }
 
+impl OtlpHttpExporter {
+    /// Post one request body, retrying as [`RETRIES`] says.
+    async fn post(&self, body: &Bytes, spans: usize) -> OTelSdkResult {
+        let started = Instant::now();
+        let mut delay = FIRST_DELAY;
+        let mut attempt = 0;
+        loop {
+            match self.post_once(body).await {
+                Ok(()) => return Ok(()),
+                Err((again, after, why)) => {
+                    let wait = after.map_or(delay, |a| a.max(delay));
+                    if !again || attempt == RETRIES || started.elapsed() + wait >= self.timeout {
+                        return Err(OTelSdkError::InternalFailure(format!(
+                            "OTLP export of {spans} spans failed: {why}"
+                        )));
+                    }
+                    attempt += 1;
+                    // The export runs on the batch processor's own thread.
+                    std::thread::sleep(wait);
+                    delay = (delay * 2).min(MAX_DELAY);
+                }
+            }
+        }
+    }
+}
+
 /// Retries after a retryable failure, as the OpenTelemetry SDK's default policy: at most three,
 /// 100 ms doubling up to 1.6 s (or what `Retry-After` asks), never past the export's bound.
 const RETRIES: u32 = 3;
@@ -367,28 +412,24 @@ impl SpanExporter for OtlpHttpExporter {
         if batch.is_empty() {
             return Ok(());
         }
-        let body = Bytes::from(encode_request(&self.resource, &batch));
-        let started = Instant::now();
-        let mut delay = FIRST_DELAY;
-        let mut attempt = 0;
-        loop {
-            match self.post_once(&body).await {
-                Ok(()) => return Ok(()),
-                Err((again, after, why)) => {
-                    let wait = after.map_or(delay, |a| a.max(delay));
-                    if !again || attempt == RETRIES || started.elapsed() + wait >= self.timeout {
-                        return Err(OTelSdkError::InternalFailure(format!(
-                            "OTLP export of {} spans failed: {why}",
-                            batch.len()
-                        )));
-                    }
-                    attempt += 1;
-                    // The export runs on the batch processor's own thread.
-                    std::thread::sleep(wait);
-                    delay = (delay * 2).min(MAX_DELAY);
-                }
+        let mut buf = self
+            .scratch
+            .lock()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default();
+        encode_request_into(&self.resource, &batch, &mut buf);
+        let body = Bytes::from(buf);
+        let sent = self.post(&body, batch.len()).await;
+        // Every copy handed to the client is gone once it answered: take the buffer back.
+        if let Ok(mut kept) = self.scratch.lock()
+            && let Ok(unique) = body.try_into_mut()
+        {
+            let buf = Vec::from(unique);
+            if buf.capacity() <= SCRATCH_KEPT {
+                *kept = buf;
             }
         }
+        sent
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -743,12 +784,74 @@ mod http_tests {
         }]
     }
 
-    /// Drive one export to completion on this thread, as the batch processor does on its own.
+    /// Drive one export to completion on this thread, as the batch processor does on its own
+    /// (no async runtime: the blocking client must not run inside one).
     fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn kept(e: &OtlpHttpExporter) -> usize {
+        e.scratch.lock().expect("lock").capacity()
+    }
+
+    #[test]
+    fn the_request_buffer_is_kept_for_the_next_export() {
+        let (e, _) = exporter(&[200], Duration::from_secs(1));
+        assert_eq!(kept(&e), 0);
+        assert!(run(e.export(one_span())).is_ok());
+        assert!(kept(&e) > 0);
+    }
+
+    /// With the real blocking client and a real HTTP server: the client lets go of the body
+    /// once it has the answer, so the buffer comes back.
+    #[test]
+    fn the_blocking_client_gives_the_buffer_back() {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("length");
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            (&stream)
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .expect("answer");
+            body
+        });
+        let e = std::thread::spawn(move || {
+            let client = OtlpHttpExporter::blocking_client(Duration::from_secs(5)).expect("client");
+            OtlpHttpExporter::new(
+                client,
+                &format!("http://127.0.0.1:{port}/v1/traces"),
+                Duration::from_secs(5),
+            )
+            .expect("exporter")
+        })
+        .join()
+        .expect("built");
+        assert!(run(e.export(one_span())).is_ok());
+        let body = server.join().expect("server");
+        assert!(!body.is_empty());
+        assert!(kept(&e) >= body.len(), "the buffer came back");
     }
 
     #[test]

@@ -52,7 +52,12 @@ pub fn may_contain_jwt(bytes: &[u8]) -> bool {
         let run = bytes[p + 2..].iter().take_while(|b| b64(**b)).count();
         run >= 6 && bytes.get(p + 2 + run) == Some(&b'.')
     };
-    // The searchers are built once: building one costs more than scanning an attribute value.
+    // An attribute value: one pass for the `e`s. A long text (an export line, where `e` is
+    // everywhere): the pair searchers, built once.
+    if bytes.len() < 256 {
+        return memchr::memchr_iter(b'e', bytes)
+            .any(|p| matches!(bytes.get(p + 1), Some(b'y' | b'w')) && starts_jwt(p));
+    }
     static EY: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"ey"));
     static EW: LazyLock<memchr::memmem::Finder<'static>> =
