@@ -10,8 +10,8 @@ use serde_json::Value;
 #[test]
 fn a_ten_second_load_of_both_patterns_reconciles() {
     let out = support::tempdir("load");
-    let run = std::process::Command::new(support::bin())
-        .args([
+    let stdout = run_ok(
+        &[
             "load",
             "--local",
             "--pattern",
@@ -24,16 +24,8 @@ fn a_ten_second_load_of_both_patterns_reconciles() {
             "1s",
             "--faults",
             "expired=0.05,tampered=0.05,missing=0.05,wrong-audience=0.05",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("load runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
+        &out,
     );
     assert!(
         stdout.contains("p99 ms") && stdout.contains("load.json"),
@@ -138,20 +130,27 @@ fn open_loop_p99_shows_a_stall_that_a_closed_loop_hides() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn load_with(out: &std::path::Path, args: &[&str]) -> Value {
+/// `tokentrail <args> --out <out>`, which must succeed; its standard output.
+fn run_ok(args: &[&str], out: &std::path::Path) -> String {
     let run = std::process::Command::new(support::bin())
-        .args(["load", "--local", "--duration", "6s", "--warmup", "1s"])
         .args(args)
         .arg("--out")
         .arg(out)
         .output()
-        .expect("load runs");
+        .expect("tokentrail runs");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
+        "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    stdout
+}
+
+fn load_with(out: &std::path::Path, args: &[&str]) -> Value {
+    let mut all = vec!["load", "--local", "--duration", "6s", "--warmup", "1s"];
+    all.extend_from_slice(args);
+    run_ok(&all, out);
     serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap()
 }
 
@@ -259,4 +258,69 @@ fn stack_faults_show_where_each_pattern_depends_on_what() {
             })
     }));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tokentrail bench` as a user runs it: both stacks, alternating rounds, the throughput table,
+/// and the CPU each hop and this process spent per request with tracing on and off.
+#[test]
+fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
+    let out = support::tempdir("bench");
+    let stdout = run_ok(
+        &[
+            "bench",
+            "--requests",
+            "64",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "2",
+        ],
+        &out,
+    );
+    assert!(
+        stdout.contains("throughput with tracing on / off") && stdout.contains("CPU per request"),
+        "{stdout}"
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).expect("bench.json"))
+            .expect("json");
+    let results = doc["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{doc}");
+    for r in results {
+        assert_eq!(r["requests"], 64, "{doc}");
+        assert!(r["throughput_rps"].as_f64().expect("rps") > 0.0, "{doc}");
+    }
+    let cpu = &doc["cpu_us_per_request"];
+    for row in [
+        "runtime",
+        "agent",
+        "gateway",
+        "interceptor",
+        "target",
+        "all hops",
+        "app + collector",
+        "everything",
+    ] {
+        for mode in ["on", "off"] {
+            assert!(
+                cpu[row][mode].as_f64().is_some_and(|v| v >= 0.0),
+                "{row} {mode}: {doc}"
+            );
+        }
+    }
+    // Every request crosses every hop: some CPU shows up per hop in both modes, and the sum is
+    // the sum of its parts.
+    for mode in ["on", "off"] {
+        let part = |row: &str| cpu[row][mode].as_f64().unwrap();
+        assert!(part("gateway") > 0.0 && part("everything") > 0.0, "{doc}");
+        let hops: f64 = ["runtime", "agent", "gateway", "interceptor", "target"]
+            .iter()
+            .map(|h| part(h))
+            .sum();
+        assert!((hops - part("all hops")).abs() < 1e-6, "{doc}");
+        assert!((part("all hops") + part("app + collector") - part("everything")).abs() < 1e-6);
+    }
+    // The traced stack stored its spans; the untraced one none.
+    assert!(!support::traces(&out.join("tracing-on")).is_empty());
+    assert!(support::traces(&out.join("tracing-off")).is_empty());
 }

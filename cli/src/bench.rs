@@ -31,6 +31,126 @@ pub struct ModeResult {
     pub p99_ms: f64,
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux
+/// architecture).
+const USER_HZ: u64 = 100;
+
+/// CPU time (user + system, every thread, exited ones included) a process has used, from
+/// `/proc/<pid>/stat`; `None` without procfs.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the twelfth, stime the thirteenth.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// CPU used by one mode: each hop of its stack, and this process (the app and the collectors).
+#[derive(Debug, Default)]
+struct ModeCpu {
+    hops: Vec<(&'static str, Duration)>,
+    this_process: Duration,
+}
+
+/// Reads the CPU time of both stacks' hops and of this process.
+struct CpuMeter {
+    hops: [Vec<(&'static str, String)>; 2],
+}
+
+impl CpuMeter {
+    fn new(stacks: [&Stack; 2]) -> Self {
+        Self {
+            hops: stacks.map(|s| {
+                s.hop_pids()
+                    .into_iter()
+                    .map(|(hop, pid)| (hop.as_str(), pid.to_string()))
+                    .collect()
+            }),
+        }
+    }
+
+    /// `(this process, each hop of stack `mode`)`, or `None` without procfs.
+    fn read(&self, mode: usize) -> Option<(Duration, Vec<Duration>)> {
+        let this = cpu_time("self")?;
+        let hops = self.hops[mode]
+            .iter()
+            .map(|(_, pid)| cpu_time(pid))
+            .collect::<Option<Vec<_>>>()?;
+        Some((this, hops))
+    }
+
+    /// Add what mode `mode` used between `before` and now.
+    fn add(&self, mode: usize, before: Option<(Duration, Vec<Duration>)>, into: &mut ModeCpu) {
+        let (Some((this0, hops0)), Some((this1, hops1))) = (before, self.read(mode)) else {
+            return;
+        };
+        into.this_process += this1.saturating_sub(this0);
+        if into.hops.is_empty() {
+            into.hops = self.hops[mode]
+                .iter()
+                .map(|(name, _)| (*name, Duration::ZERO))
+                .collect();
+        }
+        for ((_, total), (a, b)) in into.hops.iter_mut().zip(hops0.iter().zip(&hops1)) {
+            *total += b.saturating_sub(*a);
+        }
+    }
+}
+
+/// Microseconds of CPU per request.
+fn per_request(d: Duration, requests: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / requests.max(1) as f64
+}
+
+/// The table of CPU per request, tracing on vs off, and its JSON.
+fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2]) -> Option<serde_json::Value> {
+    if cpu.iter().any(|c| c.hops.is_empty()) {
+        return None;
+    }
+    let mut rows: Vec<(String, [f64; 2])> = cpu[0]
+        .hops
+        .iter()
+        .zip(&cpu[1].hops)
+        .filter(|((name, _), _)| *name != "idp")
+        .map(|((name, on), (_, off))| {
+            (
+                (*name).to_owned(),
+                [
+                    per_request(*on, requests[0]),
+                    per_request(*off, requests[1]),
+                ],
+            )
+        })
+        .collect();
+    // In the order a request crosses them.
+    let chain = ["runtime", "agent", "gateway", "interceptor", "target"];
+    rows.sort_by_key(|(name, _)| chain.iter().position(|h| h == name));
+    let hops = [0, 1].map(|i| rows.iter().map(|(_, v)| v[i]).sum::<f64>());
+    rows.push(("all hops".into(), hops));
+    let this = [0, 1].map(|i| per_request(cpu[i].this_process, requests[i]));
+    rows.push(("app + collector".into(), this));
+    rows.push(("everything".into(), [0, 1].map(|i| hops[i] + this[i])));
+    println!(
+        "\nCPU per request (user + system over each round and its export drain, 10 ms ticks):"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>12}",
+        "", "on", "off", "tracing adds"
+    );
+    for (name, [on, off]) in &rows {
+        println!(
+            "{name:<16} {on:>7.0} µs {off:>7.0} µs {:>+9.0} µs",
+            on - off
+        );
+    }
+    Some(json!(
+        rows.iter()
+            .map(|(name, [on, off])| (name.clone(), json!({"on": on, "off": off})))
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    ))
+}
+
 async fn round(
     app: &App,
     tokens: &[secrecy::SecretString],
@@ -127,16 +247,20 @@ pub async fn run(
     }
     let mut time = [Duration::ZERO; 2];
     let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let meter = CpuMeter::new([&on, &off]);
+    let mut cpu = [ModeCpu::default(), ModeCpu::default()];
     for r in 0..rounds {
         let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let (sampled, app) = &apps[i];
+            let before = meter.read(i);
             let (t, l) = round(app, &tokens[i], per_worker, *sampled).await?;
             time[i] += t;
             lat[i].extend(l);
             // Let the batch exporters drain (OTEL_BSP_SCHEDULE_DELAY is 200 ms in the stack) so
             // one mode's exports do not run during the other mode's round.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            meter.add(i, before, &mut cpu[i]);
         }
     }
     telemetry.flush(Duration::from_secs(5)).await;
@@ -162,12 +286,17 @@ pub async fn run(
     }
     let ratio = results[0].throughput_rps / results[1].throughput_rps.max(1e-9);
     println!("throughput with tracing on / off: {ratio:.3}");
+    let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()]);
     let path = out.join("bench.json");
     std::fs::write(
         &path,
-        serde_json::to_string_pretty(
-            &json!({"concurrency": concurrency, "rounds": rounds, "results": results, "on_off_ratio": ratio}),
-        )?,
+        serde_json::to_string_pretty(&json!({
+            "concurrency": concurrency,
+            "rounds": rounds,
+            "results": results,
+            "on_off_ratio": ratio,
+            "cpu_us_per_request": cpu_us,
+        }))?,
     )?;
     println!("results: {}", path.display());
     Ok(ExitCode::SUCCESS)

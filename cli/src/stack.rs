@@ -591,6 +591,14 @@ impl Stack {
         }
     }
 
+    /// The process id of each running hop.
+    pub fn hop_pids(&self) -> Vec<(HopName, u32)> {
+        self.children
+            .iter()
+            .filter_map(|r| Some((r.hop, r.child.id()?)))
+            .collect()
+    }
+
     /// Every secret this stack handed out (for leak scans): the service client's secret, the
     /// agent's client secret and the interceptor's base AWS keys.
     pub fn secrets_for_scan(&self) -> Vec<String> {
