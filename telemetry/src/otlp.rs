@@ -80,10 +80,10 @@ pub fn is_protobuf(content_type: &str) -> bool {
     )
 }
 
-fn scrubbed(line: String) -> String {
-    match crate::redact::scrub(&line) {
-        std::borrow::Cow::Borrowed(_) => line,
-        std::borrow::Cow::Owned(clean) => clean,
+/// Scrub a line of OTLP/JSON in place (it is left as it is when nothing matches).
+fn scrub_line(line: &mut String) {
+    if let std::borrow::Cow::Owned(clean) = crate::redact::scrub(line) {
+        *line = clean;
     }
 }
 
@@ -101,9 +101,7 @@ pub fn trace_store_line(
     if is_protobuf(content_type)
         && let Some(spans) = crate::otlp_json::trace_export_json(body, line)
     {
-        if let std::borrow::Cow::Owned(clean) = crate::redact::scrub(line) {
-            *line = clean;
-        }
+        scrub_line(line);
         return Ok(spans);
     }
     let export = TraceExport::decode(content_type, body)?;
@@ -114,7 +112,9 @@ pub fn trace_store_line(
 /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's
 /// patterns never span a quote or a backslash, so scrubbing the encoded text keeps it valid JSON.
 fn json_line<M: Serialize>(message: &M) -> Result<String, OtlpError> {
-    Ok(scrubbed(serde_json::to_string(message)?))
+    let mut line = serde_json::to_string(message)?;
+    scrub_line(&mut line);
+    Ok(line)
 }
 
 /// A decoded export request.
