@@ -144,8 +144,10 @@ fn attributes<'a>(
     }
 }
 
-fn kv_pairs(kvs: &[KeyValue]) -> impl Iterator<Item = (&str, &Value)> {
-    kvs.iter().map(|kv| (kv.key.as_str(), &kv.value))
+fn kv_pairs<'a>(
+    kvs: impl IntoIterator<Item = &'a KeyValue>,
+) -> impl Iterator<Item = (&'a str, &'a Value)> {
+    kvs.into_iter().map(|kv| (kv.key.as_str(), &kv.value))
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -220,11 +222,7 @@ fn span(buf: &mut Vec<u8>, s: &SpanData) {
 fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
     len_field(buf, 1, scope.name().as_bytes());
     len_field(buf, 2, scope.version().unwrap_or_default().as_bytes());
-    attributes(
-        buf,
-        3,
-        kv_pairs(&scope.attributes().cloned().collect::<Vec<_>>()),
-    );
+    attributes(buf, 3, kv_pairs(scope.attributes()));
 }
 
 /// The resource part of every request, encoded once: the `Resource` message (field 1 of
@@ -347,6 +345,30 @@ impl OtlpHttpExporter {
             .map_err(|e| e.to_string())
     }
 
+    /// Post one request body, retrying as [`RETRIES`] says.
+    async fn post(&self, body: &Bytes, spans: usize) -> OTelSdkResult {
+        let started = Instant::now();
+        let mut delay = FIRST_DELAY;
+        let mut attempt = 0;
+        loop {
+            match self.post_once(body).await {
+                Ok(()) => return Ok(()),
+                Err((again, after, why)) => {
+                    let wait = after.map_or(delay, |a| a.max(delay));
+                    if !again || attempt == RETRIES || started.elapsed() + wait >= self.timeout {
+                        return Err(OTelSdkError::InternalFailure(format!(
+                            "OTLP export of {spans} spans failed: {why}"
+                        )));
+                    }
+                    attempt += 1;
+                    // The export runs on the batch processor's own thread.
+                    std::thread::sleep(wait);
+                    delay = (delay * 2).min(MAX_DELAY);
+                }
+            }
+        }
+    }
+
     /// One attempt. On failure: whether to try again, after at least how long (`Retry-After`),
     /// and why it failed.
     async fn post_once(&self, body: &Bytes) -> Result<(), (bool, Option<Duration>, String)> {
@@ -371,32 +393,6 @@ impl OtlpHttpExporter {
                 ))
             }
             Err(e) => Err((true, None, format!("{}: {e}", self.endpoint))),
-        }
-    }
-}
-
-impl OtlpHttpExporter {
-    /// Post one request body, retrying as [`RETRIES`] says.
-    async fn post(&self, body: &Bytes, spans: usize) -> OTelSdkResult {
-        let started = Instant::now();
-        let mut delay = FIRST_DELAY;
-        let mut attempt = 0;
-        loop {
-            match self.post_once(body).await {
-                Ok(()) => return Ok(()),
-                Err((again, after, why)) => {
-                    let wait = after.map_or(delay, |a| a.max(delay));
-                    if !again || attempt == RETRIES || started.elapsed() + wait >= self.timeout {
-                        return Err(OTelSdkError::InternalFailure(format!(
-                            "OTLP export of {spans} spans failed: {why}"
-                        )));
-                    }
-                    attempt += 1;
-                    // The export runs on the batch processor's own thread.
-                    std::thread::sleep(wait);
-                    delay = (delay * 2).min(MAX_DELAY);
-                }
-            }
         }
     }
 }
