@@ -373,7 +373,7 @@ impl OtlpHttpExporter {
     /// and why it failed.
     async fn post_once(&self, body: &Bytes) -> Result<(), (bool, Option<Duration>, String)> {
         let request = http::Request::post(self.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .header(http::header::CONTENT_TYPE, crate::otlp::PROTOBUF)
             .body(body.clone())
             .map_err(|e| (false, None, format!("cannot build the request: {e}")))?;
         match self.client.send_bytes(request).await {
