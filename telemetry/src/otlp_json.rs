@@ -6,6 +6,10 @@
 //! order, defaults, hex ids, 64-bit integers as strings, and string escaping exactly as the
 //! `opentelemetry-proto` serde encoding writes them (a test compares the two on every shape).
 //!
+//! The text is written as bytes and checked as UTF-8 once, as a whole line, rather than string by
+//! string: a string field with invalid UTF-8 makes the line invalid, which sends the export to
+//! the full decoder as before.
+//!
 //! It handles what tracers send. Anything else — a singular message field sent twice (protobuf
 //! merges those), double, bytes or string-table values, entity references, groups, invalid
 //! UTF-8 or a truncated message — makes it return `None`, and the caller takes the full decoder,
@@ -26,6 +30,13 @@ struct Fields<'a> {
 }
 
 fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    // Tags, lengths of short strings and small numbers: one byte.
+    if let Some(&b) = buf.get(*pos)
+        && b < 0x80
+    {
+        *pos += 1;
+        return Some(u64::from(b));
+    }
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*pos)?;
@@ -88,8 +99,10 @@ fn bytes(w: Wire<'_>) -> Option<&[u8]> {
     }
 }
 
-fn string(w: Wire<'_>) -> Option<&str> {
-    std::str::from_utf8(bytes(w)?).ok()
+/// A string field's bytes. Their UTF-8 is checked with the whole line (see the module
+/// documentation).
+fn string(w: Wire<'_>) -> Option<&[u8]> {
+    bytes(w)
 }
 
 fn varint_of(w: Wire<'_>) -> Option<u64> {
@@ -112,6 +125,9 @@ fn fixed32(w: Wire<'_>) -> Option<u32> {
         _ => None,
     }
 }
+
+/// An absent string or bytes field.
+const EMPTY: &[u8] = b"";
 
 /// A singular message field: a second occurrence would be merged by protobuf, which this
 /// transcoder leaves to the full decoder.
@@ -136,114 +152,109 @@ fn needs_escape(b: &[u8]) -> bool {
     blocks.remainder().iter().any(|&x| needs(x))
 }
 
-/// JSON string, escaped as serde_json escapes (`"`, `\`, control characters).
-fn push_str(out: &mut String, s: &str) {
-    out.push('"');
-    if !needs_escape(s.as_bytes()) {
-        out.push_str(s);
+/// JSON string, escaped as serde_json escapes (`"`, `\`, control characters). Bytes of
+/// multi-byte UTF-8 sequences are never escaped, so escaping byte by byte is escaping character
+/// by character.
+fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    if !needs_escape(s) {
+        out.extend_from_slice(s);
     } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{08}' => out.push_str("\\b"),
-                '\u{0c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 => {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
+        for &b in s {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b if b < 0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 15)]);
                 }
-                c => out.push(c),
+                b => out.push(b),
             }
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
-fn push_hex(out: &mut String, b: &[u8]) {
+fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    for chunk in b.chunks(32) {
-        let mut buf = [0u8; 64];
-        for (i, byte) in chunk.iter().enumerate() {
-            buf[2 * i] = HEX[usize::from(byte >> 4)];
-            buf[2 * i + 1] = HEX[usize::from(byte & 15)];
-        }
-        // Hex digits are ASCII.
-        out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
+    out.push(b'"');
+    for byte in b {
+        out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
     }
-    out.push('"');
+    out.push(b'"');
 }
 
-fn push_num(out: &mut String, n: impl itoa::Integer) {
-    out.push_str(itoa::Buffer::new().format(n));
+fn push_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn push_quoted_num(out: &mut String, n: impl itoa::Integer) {
-    out.push('"');
+fn push_quoted_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.push(b'"');
     push_num(out, n);
-    out.push('"');
+    out.push(b'"');
 }
 
 /// `[item,item,…]` from the raw messages.
 fn push_list(
-    out: &mut String,
+    out: &mut Vec<u8>,
     items: &[&[u8]],
-    mut each: impl FnMut(&mut String, &[u8]) -> Option<()>,
+    mut each: impl FnMut(&mut Vec<u8>, &[u8]) -> Option<()>,
 ) -> Option<()> {
-    out.push('[');
+    out.push(b'[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         each(out, item)?;
     }
-    out.push(']');
+    out.push(b']');
     Some(())
 }
 
 /// A JSON value of an object written by [`object`].
 enum J<'a> {
-    Str(&'a str),
+    Str(&'a [u8]),
     Hex(&'a [u8]),
     Num(i64),
     /// A 64-bit integer, written as a string (OTLP/JSON).
     U64Str(u64),
     Attrs(&'a [&'a [u8]]),
-    /// An optional `AnyValue` at a nesting depth: `null` when absent.
-    Value(Option<&'a [u8]>, u32),
-    List(&'a [&'a [u8]], fn(&mut String, &[u8]) -> Option<()>),
+    List(&'a [&'a [u8]], fn(&mut Vec<u8>, &[u8]) -> Option<()>),
     /// An optional message: `null` when absent.
-    Msg(Option<&'a [u8]>, fn(&mut String, &[u8]) -> Option<()>),
+    Msg(Option<&'a [u8]>, fn(&mut Vec<u8>, &[u8]) -> Option<()>),
     Raw(&'static str),
 }
 
 /// `{"name":value,…}` in the order given.
-fn object(out: &mut String, members: &[(&str, J<'_>)]) -> Option<()> {
-    out.push('{');
+fn object(out: &mut Vec<u8>, members: &[(&str, J<'_>)]) -> Option<()> {
+    out.push(b'{');
     for (i, (name, value)) in members.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push('"');
-        out.push_str(name);
-        out.push_str("\":");
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
         match value {
             J::Str(s) => push_str(out, s),
             J::Hex(b) => push_hex(out, b),
             J::Num(n) => push_num(out, *n),
             J::U64Str(n) => push_quoted_num(out, *n),
             J::Attrs(items) => push_list(out, items, |o, b| key_value(o, b, 0))?,
-            J::Value(Some(b), depth) => any_value(out, b, *depth)?,
-            J::Value(None, _) => out.push_str("null"),
             J::List(items, each) => push_list(out, items, each)?,
             J::Msg(Some(b), each) => each(out, b)?,
-            J::Msg(None, _) => out.push_str("null"),
-            J::Raw(text) => out.push_str(text),
+            J::Msg(None, _) => out.extend_from_slice(b"null"),
+            J::Raw(text) => out.extend_from_slice(text.as_bytes()),
         }
     }
-    out.push('}');
+    out.push(b'}');
     Some(())
 }
 
@@ -263,7 +274,7 @@ fn repeated_1(buf: &[u8]) -> Option<Vec<&[u8]>> {
     Some(items)
 }
 
-fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
+fn any_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
     if depth > MAX_VALUE_DEPTH {
         return None;
     }
@@ -278,37 +289,37 @@ fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
         }
     }
     match value {
-        None => out.push_str("{}"),
+        None => out.extend_from_slice(b"{}"),
         Some((1, w)) => {
-            out.push_str("{\"stringValue\":");
+            out.extend_from_slice(b"{\"stringValue\":");
             push_str(out, string(w)?);
-            out.push('}');
+            out.push(b'}');
         }
         Some((2, w)) => {
-            out.push_str(if varint_of(w)? != 0 {
-                "{\"boolValue\":true}"
+            out.extend_from_slice(if varint_of(w)? != 0 {
+                b"{\"boolValue\":true}".as_slice()
             } else {
-                "{\"boolValue\":false}"
+                b"{\"boolValue\":false}".as_slice()
             });
         }
         Some((3, w)) => {
-            out.push_str("{\"intValue\":");
+            out.extend_from_slice(b"{\"intValue\":");
             push_quoted_num(out, varint_of(w)? as i64);
-            out.push('}');
+            out.push(b'}');
         }
         Some((5, w)) => {
-            out.push_str("{\"arrayValue\":{\"values\":");
+            out.extend_from_slice(b"{\"arrayValue\":{\"values\":");
             push_list(out, &repeated_1(bytes(w)?)?, |o, b| {
                 any_value(o, b, depth + 1)
             })?;
-            out.push_str("}}");
+            out.extend_from_slice(b"}}");
         }
         Some((6, w)) => {
-            out.push_str("{\"kvlistValue\":{\"values\":");
+            out.extend_from_slice(b"{\"kvlistValue\":{\"values\":");
             push_list(out, &repeated_1(bytes(w)?)?, |o, b| {
                 key_value(o, b, depth + 1)
             })?;
-            out.push_str("}}");
+            out.extend_from_slice(b"}}");
         }
         // double (4), bytes (7), string-table index (8): the full decoder.
         Some(_) => return None,
@@ -316,8 +327,8 @@ fn any_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
     Some(())
 }
 
-fn key_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
-    let (mut key, mut value, mut strindex) = ("", None, 0i32);
+fn key_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
+    let (mut key, mut value, mut strindex) = (EMPTY, None, 0i32);
     for f in fields(buf) {
         match f? {
             (1, w) => key = string(w)?,
@@ -326,16 +337,24 @@ fn key_value(out: &mut String, buf: &[u8], depth: u32) -> Option<()> {
             _ => {}
         }
     }
-    let members = [
-        ("key", J::Str(key)),
-        ("value", J::Value(value, depth)),
-        ("keyStrindex", J::Num(i64::from(strindex))),
-    ];
+    // Every attribute comes through here: written directly rather than through [`object`].
+    out.extend_from_slice(b"{\"key\":");
+    push_str(out, key);
+    out.extend_from_slice(b",\"value\":");
+    match value {
+        Some(b) => any_value(out, b, depth)?,
+        None => out.extend_from_slice(b"null"),
+    }
     // `keyStrindex` is written only when set.
-    object(out, &members[..if strindex != 0 { 3 } else { 2 }])
+    if strindex != 0 {
+        out.extend_from_slice(b",\"keyStrindex\":");
+        push_num(out, strindex);
+    }
+    out.push(b'}');
+    Some(())
 }
 
-fn resource(out: &mut String, buf: &[u8]) -> Option<()> {
+fn resource(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
     let (mut attrs, mut dropped) = (Vec::new(), 0u32);
     for f in fields(buf) {
         match f? {
@@ -356,8 +375,8 @@ fn resource(out: &mut String, buf: &[u8]) -> Option<()> {
     )
 }
 
-fn scope(out: &mut String, buf: &[u8]) -> Option<()> {
-    let (mut name, mut version, mut attrs, mut dropped) = ("", "", Vec::new(), 0u32);
+fn scope(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
+    let (mut name, mut version, mut attrs, mut dropped) = (EMPTY, EMPTY, Vec::new(), 0u32);
     for f in fields(buf) {
         match f? {
             (1, w) => name = string(w)?,
@@ -378,8 +397,8 @@ fn scope(out: &mut String, buf: &[u8]) -> Option<()> {
     )
 }
 
-fn event(out: &mut String, buf: &[u8]) -> Option<()> {
-    let (mut time, mut name, mut attrs, mut dropped) = (0u64, "", Vec::new(), 0u32);
+fn event(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
+    let (mut time, mut name, mut attrs, mut dropped) = (0u64, EMPTY, Vec::new(), 0u32);
     for f in fields(buf) {
         match f? {
             (1, w) => time = fixed64(w)?,
@@ -400,8 +419,8 @@ fn event(out: &mut String, buf: &[u8]) -> Option<()> {
     )
 }
 
-fn link(out: &mut String, buf: &[u8]) -> Option<()> {
-    let (mut trace, mut span, mut state) = (&[][..], &[][..], "");
+fn link(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
+    let (mut trace, mut span, mut state) = (EMPTY, EMPTY, EMPTY);
     let (mut attrs, mut dropped, mut flags) = (Vec::new(), 0u32, 0u32);
     for f in fields(buf) {
         match f? {
@@ -427,8 +446,8 @@ fn link(out: &mut String, buf: &[u8]) -> Option<()> {
     )
 }
 
-fn status(out: &mut String, buf: &[u8]) -> Option<()> {
-    let (mut message, mut code) = ("", 0i32);
+fn status(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
+    let (mut message, mut code) = (EMPTY, 0i32);
     for f in fields(buf) {
         match f? {
             (2, w) => message = string(w)?,
@@ -449,10 +468,10 @@ fn status(out: &mut String, buf: &[u8]) -> Option<()> {
 struct SpanFields<'a> {
     trace: &'a [u8],
     span: &'a [u8],
-    state: &'a str,
+    state: &'a [u8],
     parent: &'a [u8],
     flags: u32,
-    name: &'a str,
+    name: &'a [u8],
     kind: i32,
     start: u64,
     end: u64,
@@ -465,7 +484,7 @@ struct SpanFields<'a> {
     status: Option<&'a [u8]>,
 }
 
-fn span(out: &mut String, buf: &[u8]) -> Option<()> {
+fn span(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
     let mut s = SpanFields::default();
     for f in fields(buf) {
         match f? {
@@ -511,15 +530,18 @@ fn span(out: &mut String, buf: &[u8]) -> Option<()> {
     )
 }
 
+/// Writes one item of a list.
+type Item<'c> = dyn FnMut(&mut Vec<u8>, &[u8]) -> Option<()> + 'c;
+
 /// `ResourceSpans` or `ScopeSpans`: an optional message (1), a repeated one (2), a schema URL (3).
 fn container(
-    out: &mut String,
+    out: &mut Vec<u8>,
     buf: &[u8],
     names: [&str; 2],
-    head: fn(&mut String, &[u8]) -> Option<()>,
-    item: &mut dyn FnMut(&mut String, &[u8]) -> Option<()>,
+    head: fn(&mut Vec<u8>, &[u8]) -> Option<()>,
+    item: &mut Item<'_>,
 ) -> Option<()> {
-    let (mut first, mut items, mut schema) = (None, Vec::new(), "");
+    let (mut first, mut items, mut schema) = (None, Vec::new(), EMPTY);
     for f in fields(buf) {
         match f? {
             (1, w) => once(&mut first, w)?,
@@ -528,32 +550,50 @@ fn container(
             _ => {}
         }
     }
-    out.push_str("{\"");
-    out.push_str(names[0]);
-    out.push_str("\":");
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(names[0].as_bytes());
+    out.extend_from_slice(b"\":");
     match first {
         Some(b) => head(out, b)?,
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
-    out.push_str(",\"");
-    out.push_str(names[1]);
-    out.push_str("\":");
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(names[1].as_bytes());
+    out.extend_from_slice(b"\":");
     push_list(out, &items, item)?;
-    out.push_str(",\"schemaUrl\":");
+    out.extend_from_slice(b",\"schemaUrl\":");
     push_str(out, schema);
-    out.push('}');
+    out.push(b'}');
     Some(())
 }
 
 /// The OTLP/JSON text of an `ExportTraceServiceRequest` in protobuf, and its span count; `None`
 /// when the message needs the full decoder (see the module documentation).
 pub(crate) fn trace_export_json(body: &[u8], out: &mut String) -> Option<usize> {
+    let mut text = std::mem::take(out).into_bytes();
+    let spans = transcode(body, &mut text);
+    // The one UTF-8 check of every string in the line; the buffer is kept either way.
+    match String::from_utf8(text) {
+        Ok(line) => {
+            *out = line;
+            spans
+        }
+        Err(invalid) => {
+            let mut text = invalid.into_bytes();
+            text.clear();
+            *out = String::from_utf8(text).unwrap_or_default();
+            None
+        }
+    }
+}
+
+fn transcode(body: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     out.clear();
     // OTLP/JSON of spans is about three times their protobuf.
     out.reserve(body.len() * 3 + 64);
     let mut spans = 0usize;
     let resource_spans = repeated_1(body)?;
-    out.push_str("{\"resourceSpans\":");
+    out.extend_from_slice(b"{\"resourceSpans\":");
     push_list(out, &resource_spans, |out, rs| {
         container(
             out,
@@ -568,7 +608,7 @@ pub(crate) fn trace_export_json(body: &[u8], out: &mut String) -> Option<usize> 
             },
         )
     })?;
-    out.push('}');
+    out.push(b'}');
     Some(spans)
 }
 
