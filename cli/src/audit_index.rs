@@ -5,9 +5,9 @@
 //!
 //! - The store is unchanged (same length and digest): the records are read from the index.
 //! - The store grew and its first bytes are the indexed ones (same digest over the indexed
-//!   length): only the appended lines are parsed; a request they add spans to is audited again
-//!   from all its spans (its earlier lines are read back through the index), a new request is
-//!   audited, the rest is kept.
+//!   length, taken in the same read as the grown store's): only the appended lines are parsed;
+//!   a request they add spans to is audited again from all its spans (its earlier lines are
+//!   read back through the index), a new request is audited, the rest is kept.
 //! - Anything else (an edited byte, a shorter store, another version): rebuilt from the spans.
 //!
 //! The digest is taken before the spans are read and only whole lines up to the digested
@@ -98,6 +98,18 @@ fn digest(file: &Path, len: u64) -> Result<String> {
     Ok(digest)
 }
 
+/// The digests of the first `prefix` bytes and of the first `len` bytes, in one read.
+fn digests(file: &Path, prefix: u64, len: u64) -> Result<(String, Option<String>)> {
+    let d = telemetry::otlp::store_digests(file, Some(prefix), Some(len))
+        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
+    anyhow::ensure!(
+        d.len == len,
+        "the span store {} shrank while it was read",
+        file.display()
+    );
+    Ok((d.digest, d.prefix))
+}
+
 fn scan(file: &Path, from: u64, to: u64) -> Result<Vec<(u64, StoredSpan)>> {
     telemetry::otlp::scan_store_range(file, &crate::sources::audit_scan_filter(), from, Some(to))
         .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))
@@ -164,9 +176,11 @@ pub fn records(store: &Path) -> Result<Indexed> {
                     notes,
                 });
             }
-        } else if index.store_len < len && digest(&file, index.store_len)? == index.store_sha256 {
+        } else if index.store_len < len
+            && let (digest, Some(indexed)) = digests(&file, index.store_len, len)?
+            && indexed == index.store_sha256
+        {
             let appended = len - index.store_len;
-            let digest = digest(&file, len)?;
             // A bad appended line fails the extension: the full read below reports it with its
             // line number.
             if extend(&file, &mut index, len).is_ok() {

@@ -516,8 +516,42 @@ pub fn store_digest(path: &Path) -> Result<(u64, String), OtlpError> {
 /// [`store_digest`] of the first `limit` bytes (`None`: all). Digests of the same bytes are
 /// equal whatever follows them.
 pub fn store_digest_upto(path: &Path, limit: Option<u64>) -> Result<(u64, String), OtlpError> {
+    store_digests(path, None, limit).map(|d| (d.len, d.digest))
+}
+
+/// A SHA-256 digest.
+type Sha256 = [u8; 32];
+
+/// What [`store_digests`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreDigests {
+    /// Bytes read.
+    pub len: u64,
+    /// [`store_digest`] of those bytes.
+    pub digest: String,
+    /// [`store_digest`] of the first `prefix` bytes, when the store had that many.
+    pub prefix: Option<String>,
+}
+
+/// [`store_digest_upto`], and in the same pass the digest of a shorter prefix (what an audit
+/// index needs to check that a grown store still starts with the bytes it indexed): the store is
+/// read and hashed once, not once per length.
+pub fn store_digests(
+    path: &Path,
+    prefix: Option<u64>,
+    limit: Option<u64>,
+) -> Result<StoreDigests, OtlpError> {
+    digests_in_blocks(path, prefix, limit, 64 << 20)
+}
+
+/// [`store_digests`] with blocks of `block` bytes (small ones in tests).
+fn digests_in_blocks(
+    path: &Path,
+    prefix: Option<u64>,
+    limit: Option<u64>,
+    block: usize,
+) -> Result<StoreDigests, OtlpError> {
     use std::io::Read;
-    const BLOCK: usize = 64 << 20;
     let io = |source| OtlpError::Io {
         path: path.display().to_string(),
         source,
@@ -526,15 +560,23 @@ pub fn store_digest_upto(path: &Path, limit: Option<u64>) -> Result<(u64, String
         .map_err(io)?
         .take(limit.unwrap_or(u64::MAX));
     let threads = cores();
-    let mut digests: Vec<[u8; 32]> = Vec::new();
+    let mut digests: Vec<Sha256> = Vec::new();
+    // The prefix's digests: those of the blocks before it, and of its part of the block it ends
+    // in (`None` while not reached).
+    let mut prefix_digests: Option<Vec<Sha256>> = None;
     let mut len = 0u64;
-    let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; BLOCK]).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; block]).collect();
+    let sha = |ctx: aws_lc_rs::digest::Context| {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    };
     loop {
         // Fill up to one block per thread, then hash them in parallel.
         let mut filled = Vec::with_capacity(threads);
         for buf in bufs.iter_mut() {
             let mut n = 0;
-            while n < BLOCK {
+            while n < block {
                 match file.read(&mut buf[n..]) {
                     Ok(0) => break,
                     Ok(k) => n += k,
@@ -546,24 +588,38 @@ pub fn store_digest_upto(path: &Path, limit: Option<u64>) -> Result<(u64, String
                 break;
             }
             filled.push(n);
-            if n < BLOCK {
+            if n < block {
                 break;
             }
         }
         if filled.is_empty() {
             break;
         }
+        let first = len;
         len += filled.iter().map(|n| *n as u64).sum::<u64>();
-        let hashed: Option<Vec<[u8; 32]>> = std::thread::scope(|s| {
+        // Where the prefix ends inside this batch: (block, bytes of that block), the block's
+        // hasher cloned there.
+        let cut = prefix
+            .filter(|p| prefix_digests.is_none() && (first..len).contains(p))
+            .map(|p| {
+                let at = usize::try_from(p - first).unwrap_or(usize::MAX);
+                (at / block, at % block)
+            });
+        let hashed: Option<Vec<(Sha256, Option<Sha256>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = bufs
                 .iter()
                 .zip(&filled)
-                .map(|(buf, n)| {
+                .enumerate()
+                .map(|(i, (buf, n))| {
+                    let cut = cut.filter(|(b, _)| *b == i).map(|(_, at)| at);
                     s.spawn(move || {
-                        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf[..*n]);
-                        let mut out = [0u8; 32];
-                        out.copy_from_slice(d.as_ref());
-                        out
+                        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                        let part = cut.map(|at| {
+                            ctx.update(&buf[..at]);
+                            (at > 0).then(|| sha(ctx.clone()))
+                        });
+                        ctx.update(&buf[cut.unwrap_or(0)..*n]);
+                        (sha(ctx), part.flatten())
                     })
                 })
                 .collect();
@@ -571,17 +627,37 @@ pub fn store_digest_upto(path: &Path, limit: Option<u64>) -> Result<(u64, String
         });
         let hashed =
             hashed.ok_or_else(|| io(std::io::Error::other("a hashing thread panicked")))?;
-        let last = filled.last().is_some_and(|n| *n < BLOCK);
-        digests.extend(hashed);
+        let last = filled.last().is_some_and(|n| *n < block);
+        for (i, (whole, part)) in hashed.into_iter().enumerate() {
+            if cut.is_some_and(|(b, _)| b == i) {
+                let mut before = digests.clone();
+                before.extend(part);
+                prefix_digests = Some(before);
+            }
+            digests.push(whole);
+        }
         if last {
             break;
         }
     }
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for d in &digests {
-        ctx.update(d);
-    }
-    Ok((len, hex::encode(ctx.finish().as_ref())))
+    let finish = |digests: &[[u8; 32]]| {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for d in digests {
+            ctx.update(d);
+        }
+        hex::encode(ctx.finish().as_ref())
+    };
+    let digest = finish(&digests);
+    let prefix = match prefix {
+        Some(p) if p == len => Some(digest.clone()),
+        Some(_) => prefix_digests.map(|d| finish(&d)),
+        None => None,
+    };
+    Ok(StoreDigests {
+        len,
+        digest,
+        prefix,
+    })
 }
 
 /// What [`scan_store`] keeps.
@@ -1245,6 +1321,39 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         assert_eq!(store_digest(&path).unwrap().0, 0);
         assert!(store_digest(Path::new("/nonexistent/traces.jsonl")).is_err());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn one_pass_gives_the_digest_of_the_prefix_and_of_the_whole() {
+        let text: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        let path = store(&[]);
+        std::fs::write(&path, &text).unwrap();
+        // Small blocks put the prefix's end at block and batch boundaries and inside blocks.
+        for block in [1, 7, 16, 64, 256] {
+            let alone = |n: u64| {
+                digests_in_blocks(&path, None, Some(n), block)
+                    .unwrap()
+                    .digest
+            };
+            for p in [0u64, 1, 6, 7, 8, 15, 16, 17, 63, 64, 100, 199, 200] {
+                let d = digests_in_blocks(&path, Some(p), None, block).unwrap();
+                assert_eq!(d.len, 200);
+                assert_eq!(d.digest, alone(200), "block {block}");
+                assert_eq!(d.prefix, Some(alone(p)), "block {block}, prefix {p}");
+            }
+            let longer = digests_in_blocks(&path, Some(201), None, block).unwrap();
+            assert_eq!(
+                longer.prefix, None,
+                "a prefix longer than the store has no digest"
+            );
+            let limited = digests_in_blocks(&path, Some(50), Some(120), block).unwrap();
+            assert_eq!((limited.len, limited.prefix), (120, Some(alone(50))));
+        }
+        assert_eq!(
+            store_digests(&path, Some(10), None).unwrap().prefix,
+            Some(store_digest_upto(&path, Some(10)).unwrap().1)
+        );
         let _ = std::fs::remove_file(path);
     }
 
