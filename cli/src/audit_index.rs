@@ -88,19 +88,12 @@ fn whole_lines_len(file: &Path) -> Result<u64> {
 }
 
 fn digest(file: &Path, len: u64) -> Result<String> {
-    let (read, digest) = telemetry::otlp::store_digest_upto(file, Some(len))
-        .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
-    anyhow::ensure!(
-        read == len,
-        "the span store {} shrank while it was read",
-        file.display()
-    );
-    Ok(digest)
+    Ok(digests(file, None, len)?.0)
 }
 
-/// The digests of the first `prefix` bytes and of the first `len` bytes, in one read.
-fn digests(file: &Path, prefix: u64, len: u64) -> Result<(String, Option<String>)> {
-    let d = telemetry::otlp::store_digests(file, Some(prefix), Some(len))
+/// The digest of the first `len` bytes and, from the same read, of the first `prefix` bytes.
+fn digests(file: &Path, prefix: Option<u64>, len: u64) -> Result<(String, Option<String>)> {
+    let d = telemetry::otlp::store_digests(file, prefix, Some(len))
         .map_err(|e| anyhow::anyhow!("cannot read the span store: {e}"))?;
     anyhow::ensure!(
         d.len == len,
@@ -177,7 +170,7 @@ pub fn records(store: &Path) -> Result<Indexed> {
                 });
             }
         } else if index.store_len < len
-            && let (digest, Some(indexed)) = digests(&file, index.store_len, len)?
+            && let (digest, Some(indexed)) = digests(&file, Some(index.store_len), len)?
             && indexed == index.store_sha256
         {
             let appended = len - index.store_len;
