@@ -105,6 +105,17 @@ fn string(w: Wire<'_>) -> Option<&[u8]> {
     bytes(w)
 }
 
+/// A singular string field: the last occurrence is the value (as protobuf reads it), and an
+/// earlier one, which the line will not hold, has its UTF-8 checked here (protobuf refuses the
+/// message over it).
+fn last_string<'a>(slot: &mut &'a [u8], w: Wire<'a>) -> Option<()> {
+    if !slot.is_empty() {
+        std::str::from_utf8(slot).ok()?;
+    }
+    *slot = string(w)?;
+    Some(())
+}
+
 fn varint_of(w: Wire<'_>) -> Option<u64> {
     match w {
         Wire::Varint(v) => Some(v),
@@ -331,7 +342,7 @@ fn key_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
     let (mut key, mut value, mut strindex) = (EMPTY, None, 0i32);
     for f in fields(buf) {
         match f? {
-            (1, w) => key = string(w)?,
+            (1, w) => last_string(&mut key, w)?,
             (2, w) => once(&mut value, w)?,
             (3, w) => strindex = varint_of(w)? as i32,
             _ => {}
@@ -379,8 +390,8 @@ fn scope(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
     let (mut name, mut version, mut attrs, mut dropped) = (EMPTY, EMPTY, Vec::new(), 0u32);
     for f in fields(buf) {
         match f? {
-            (1, w) => name = string(w)?,
-            (2, w) => version = string(w)?,
+            (1, w) => last_string(&mut name, w)?,
+            (2, w) => last_string(&mut version, w)?,
             (3, w) => attrs.push(bytes(w)?),
             (4, w) => dropped = varint_of(w)? as u32,
             _ => {}
@@ -402,7 +413,7 @@ fn event(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
     for f in fields(buf) {
         match f? {
             (1, w) => time = fixed64(w)?,
-            (2, w) => name = string(w)?,
+            (2, w) => last_string(&mut name, w)?,
             (3, w) => attrs.push(bytes(w)?),
             (4, w) => dropped = varint_of(w)? as u32,
             _ => {}
@@ -426,7 +437,7 @@ fn link(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
         match f? {
             (1, w) => trace = bytes(w)?,
             (2, w) => span = bytes(w)?,
-            (3, w) => state = string(w)?,
+            (3, w) => last_string(&mut state, w)?,
             (4, w) => attrs.push(bytes(w)?),
             (5, w) => dropped = varint_of(w)? as u32,
             (6, w) => flags = fixed32(w)?,
@@ -450,7 +461,7 @@ fn status(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
     let (mut message, mut code) = (EMPTY, 0i32);
     for f in fields(buf) {
         match f? {
-            (2, w) => message = string(w)?,
+            (2, w) => last_string(&mut message, w)?,
             (3, w) => code = varint_of(w)? as i32,
             _ => {}
         }
@@ -490,9 +501,9 @@ fn span(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
         match f? {
             (1, w) => s.trace = bytes(w)?,
             (2, w) => s.span = bytes(w)?,
-            (3, w) => s.state = string(w)?,
+            (3, w) => last_string(&mut s.state, w)?,
             (4, w) => s.parent = bytes(w)?,
-            (5, w) => s.name = string(w)?,
+            (5, w) => last_string(&mut s.name, w)?,
             (6, w) => s.kind = varint_of(w)? as i32,
             (7, w) => s.start = fixed64(w)?,
             (8, w) => s.end = fixed64(w)?,
@@ -546,7 +557,7 @@ fn container(
         match f? {
             (1, w) => once(&mut first, w)?,
             (2, w) => items.push(bytes(w)?),
-            (3, w) => schema = string(w)?,
+            (3, w) => last_string(&mut schema, w)?,
             _ => {}
         }
     }
@@ -857,6 +868,34 @@ mod tests {
             body[i] = byte;
             agrees_with_the_full_decoder(&body)?;
         }
+    }
+
+    #[test]
+    fn a_string_field_sent_twice_is_its_last_value_and_both_must_be_utf8() {
+        // request → resource spans (1) → scope spans (2) → span (2) with `name` (5) twice.
+        let body = |first: &[u8]| {
+            let mut span = vec![0x2a, first.len() as u8];
+            span.extend_from_slice(first);
+            span.extend_from_slice(&[0x2a, 0x01, b'n']);
+            let wrap = |tag: u8, inner: Vec<u8>| {
+                let mut v = vec![tag, inner.len() as u8];
+                v.extend_from_slice(&inner);
+                v
+            };
+            wrap(0x0a, wrap(0x12, wrap(0x12, span)))
+        };
+        let valid = body(b"m");
+        let req = ExportTraceServiceRequest::decode(&valid[..]).expect("valid");
+        let (line, spans) = json(&valid).expect("transcoded");
+        assert_eq!(
+            (line.as_str(), spans),
+            (serde_json::to_string(&req).expect("serde").as_str(), 1)
+        );
+        assert!(line.contains(r#""name":"n""#), "{line}");
+        // The first value never reaches the line, and protobuf still refuses it.
+        let invalid = body(&[0xff]);
+        assert!(ExportTraceServiceRequest::decode(&invalid[..]).is_err());
+        assert!(json(&invalid).is_none());
     }
 
     #[test]
