@@ -561,9 +561,9 @@ fn digests_in_blocks(
         .take(limit.unwrap_or(u64::MAX));
     let threads = cores();
     let mut digests: Vec<Sha256> = Vec::new();
-    // The prefix's digests: those of the blocks before it, and of its part of the block it ends
-    // in (`None` while not reached).
-    let mut prefix_digests: Option<Vec<Sha256>> = None;
+    // Where the prefix ends, once reached: how many whole blocks lie before it, and the digest of
+    // its part of the block it ends in (none when it ends on a block boundary).
+    let mut prefix_cut: Option<(usize, Option<Sha256>)> = None;
     let mut len = 0u64;
     let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; block]).collect();
     let sha = |ctx: aws_lc_rs::digest::Context| {
@@ -600,7 +600,7 @@ fn digests_in_blocks(
         // Where the prefix ends inside this batch: (block, bytes of that block), the block's
         // hasher cloned there.
         let cut = prefix
-            .filter(|p| prefix_digests.is_none() && (first..len).contains(p))
+            .filter(|p| prefix_cut.is_none() && (first..len).contains(p))
             .map(|p| {
                 let at = usize::try_from(p - first).unwrap_or(usize::MAX);
                 (at / block, at % block)
@@ -630,9 +630,7 @@ fn digests_in_blocks(
         let last = filled.last().is_some_and(|n| *n < block);
         for (i, (whole, part)) in hashed.into_iter().enumerate() {
             if cut.is_some_and(|(b, _)| b == i) {
-                let mut before = digests.clone();
-                before.extend(part);
-                prefix_digests = Some(before);
+                prefix_cut = Some((digests.len(), part));
             }
             digests.push(whole);
         }
@@ -640,17 +638,18 @@ fn digests_in_blocks(
             break;
         }
     }
-    let finish = |digests: &[[u8; 32]]| {
+    let finish = |digests: &mut dyn Iterator<Item = &Sha256>| {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for d in digests {
             ctx.update(d);
         }
         hex::encode(ctx.finish().as_ref())
     };
-    let digest = finish(&digests);
+    let digest = finish(&mut digests.iter());
     let prefix = match prefix {
         Some(p) if p == len => Some(digest.clone()),
-        Some(_) => prefix_digests.map(|d| finish(&d)),
+        Some(_) => prefix_cut
+            .map(|(before, part)| finish(&mut digests[..before].iter().chain(part.as_ref()))),
         None => None,
     };
     Ok(StoreDigests {

@@ -583,6 +583,10 @@ fn container(
 pub(crate) fn trace_export_json(body: &[u8], out: &mut String) -> Option<usize> {
     let mut text = std::mem::take(out).into_bytes();
     let spans = transcode(body, &mut text);
+    if spans.is_none() {
+        // The full decoder takes over: nothing of the partial line is kept or checked.
+        text.clear();
+    }
     // The one UTF-8 check of every string in the line; the buffer is kept either way.
     match String::from_utf8(text) {
         Ok(line) => {
