@@ -198,6 +198,22 @@ async fn round(
     Ok((started.elapsed(), all))
 }
 
+/// Requests each worker sends per round: every worker sends at least one in every round, and a
+/// remainder that does not share out evenly is left out (the table counts what was measured).
+fn per_worker(requests: usize, concurrency: usize, rounds: usize) -> Result<usize> {
+    if concurrency == 0 || rounds == 0 {
+        bail!("--concurrency and --rounds must be at least 1");
+    }
+    let per_round = concurrency.saturating_mul(rounds);
+    if requests < per_round {
+        bail!(
+            "--requests {requests} is fewer than --concurrency {concurrency} × --rounds {rounds} \
+             = {per_round}: every worker sends at least one request per round"
+        );
+    }
+    Ok(requests / per_round)
+}
+
 /// `tokentrail bench`.
 pub async fn run(
     out: &Path,
@@ -205,11 +221,15 @@ pub async fn run(
     concurrency: usize,
     rounds: usize,
 ) -> Result<ExitCode> {
-    let concurrency = concurrency.max(1);
-    let rounds = rounds.max(1);
-    let per_worker = (requests / rounds / concurrency).max(1);
+    let per_worker = per_worker(requests, concurrency, rounds)?;
+    let measured = per_worker * concurrency * rounds;
+    let left_out = if measured < requests {
+        format!(" ({measured} of the {requests} asked: they share out evenly)")
+    } else {
+        String::new()
+    };
     println!(
-        "tokentrail bench: {concurrency} workers, {rounds} rounds per mode, {} requests per round",
+        "tokentrail bench: {concurrency} workers, {rounds} rounds per mode, {} requests per round{left_out}",
         per_worker * concurrency
     );
     let mut on_opts = StackOptions::new(&out.join("tracing-on"))?;
@@ -300,4 +320,31 @@ pub async fn run(
     )?;
     println!("results: {}", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_share_out_over_workers_and_rounds() {
+        assert_eq!(per_worker(16000, 8, 8).ok(), Some(250));
+        // The remainder is left out, never rounded up.
+        assert_eq!(per_worker(100, 8, 4).ok(), Some(3));
+        assert_eq!(per_worker(32, 8, 4).ok(), Some(1));
+    }
+
+    #[test]
+    fn fewer_requests_than_one_per_worker_and_round_is_refused() {
+        let e = per_worker(10, 8, 4).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "--requests 10 is fewer than --concurrency 8 × --rounds 4 = 32: every worker \
+                 sends at least one request per round"
+            )
+        );
+        assert!(per_worker(10, 0, 4).is_err());
+        assert!(per_worker(10, 1, 0).is_err());
+    }
 }

@@ -326,7 +326,6 @@ pub async fn run(
     patterns: Patterns,
     fault: Option<BrokerFault>,
 ) -> Result<ExitCode> {
-    let requests = requests.max(1);
     // The store may hold earlier runs: the report shows this one.
     let started = auth::iam::now_epoch();
     if fault.is_some() && patterns == Patterns::Passthrough {

@@ -30,6 +30,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Command line.
+/// A count of one or more (requests, workers, rounds): zero is refused with its reason rather
+/// than quietly raised.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a count: {e}")),
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tokentrail",
@@ -91,14 +101,14 @@ pub enum Command {
         /// Where results (bench.json), telemetry and logs go.
         #[arg(long, default_value = "tokentrail-out/bench")]
         out: PathBuf,
-        /// Requests per mode.
-        #[arg(long, default_value_t = 2000)]
+        /// Requests per mode (shared out evenly over workers and rounds).
+        #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
         requests: usize,
         /// Concurrent workers.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = at_least_one)]
         concurrency: usize,
         /// Rounds per mode (alternating between modes).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         rounds: usize,
     },
     /// Start the stack, send a scripted mix of good and bad requests, print what happened.
@@ -107,7 +117,7 @@ pub enum Command {
         #[arg(long, default_value = "tokentrail-out")]
         out: PathBuf,
         /// Number of requests per pattern (cycles through the scripted cases).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         requests: usize,
         /// Which pattern(s) to run.
         #[arg(long, value_enum, default_value = "both")]
@@ -425,6 +435,41 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tokentrail: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(args: &[&str]) -> Option<String> {
+        Cli::try_parse_from(args).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_count_of_zero_is_refused_with_its_reason() {
+        for args in [
+            &["tokentrail", "demo", "--requests", "0"][..],
+            &["tokentrail", "bench", "--requests", "0"],
+            &["tokentrail", "bench", "--concurrency", "0"],
+            &["tokentrail", "bench", "--rounds", "0"],
+        ] {
+            let e = parse_error(args).unwrap_or_default();
+            assert!(e.contains("must be at least 1"), "{args:?}: {e}");
+        }
+        let e = parse_error(&["tokentrail", "demo", "--requests", "many"]).unwrap_or_default();
+        assert!(e.contains("`many` is not a count"), "{e}");
+    }
+
+    #[test]
+    fn counts_of_one_or_more_parse() {
+        match Cli::try_parse_from(["tokentrail", "demo", "--requests", "3"]) {
+            Ok(Cli {
+                command: Command::Demo { requests, .. },
+                ..
+            }) => assert_eq!(requests, 3),
+            other => panic!("{other:?}"),
         }
     }
 }
