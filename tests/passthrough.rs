@@ -176,3 +176,112 @@ async fn passthrough_chain_end_to_end() {
     assert!(traces.contains_key(&while_down.trace_id));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Paths of the requests a stand-in collector answered (200, empty body).
+async fn counting_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let record = record.clone();
+        async move {
+            record.lock().unwrap().push(uri.path().to_owned());
+            axum::http::StatusCode::OK
+        }
+    });
+    let (addr, _task) = local::serve(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("collector serves");
+    (format!("http://{addr}"), seen)
+}
+
+/// One hop (`tokentrail serve target`) answering one traced request and stopping, exporting to
+/// `collector`; `exporter` is its `OTEL_TRACES_EXPORTER`. The paths the collector saw.
+async fn one_traced_request(exporter: Option<&str>) -> Vec<String> {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    let (collector, seen) = counting_collector().await;
+    let mut cmd = tokio::process::Command::new(support::bin());
+    cmd.args(["serve", "target"])
+        .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
+        .env("TOKENTRAIL_COLLECTOR_ENDPOINT", &collector)
+        .env("TOKENTRAIL_STOP_ON_STDIN_EOF", "1")
+        .env("TOKENTRAIL_LOG", "off")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_METRICS_EXPORTER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    match exporter {
+        Some(v) => cmd.env("OTEL_TRACES_EXPORTER", v),
+        None => cmd.env_remove("OTEL_TRACES_EXPORTER"),
+    };
+    let mut child = cmd.spawn().expect("target starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = loop {
+        let line = lines.next_line().await.expect("line").expect("READY line");
+        if let Some(rest) = line.strip_prefix("READY target ") {
+            break rest.to_owned();
+        }
+    };
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/orders"))
+        .header(
+            "traceparent",
+            "00-6b0b0c00aaaabbbbccccddddeeeeffff-1111222233334444-01",
+        )
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(resp.status(), 401, "no token: refused");
+    // Stopping flushes spans and metrics.
+    drop(child.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the hop stops")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    seen.lock().unwrap().clone()
+}
+
+/// The CLI run with `OTEL_TRACES_EXPORTER=exporter`, expected to fail: its standard error.
+fn refused(args: &[&str], exporter: &str) -> String {
+    let out = std::process::Command::new(support::bin())
+        .args(args)
+        .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
+        .env("TOKENTRAIL_LOG", "off")
+        .env("OTEL_TRACES_EXPORTER", exporter)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `OTEL_TRACES_EXPORTER=none` stops a hop's span export (its metrics still go out); the default
+/// exports both; a value the build does not support stops the hop at start with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_traces_exporter_none_turns_span_export_off() {
+    let exported = one_traced_request(None).await;
+    assert!(exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
+    assert!(exported.iter().any(|p| p == "/v1/metrics"), "{exported:?}");
+
+    let exported = one_traced_request(Some("none")).await;
+    assert!(!exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
+    assert!(exported.iter().any(|p| p == "/v1/metrics"), "{exported:?}");
+
+    let stderr = refused(&["serve", "target"], "zipkin");
+    assert!(
+        stderr.contains("OTEL_TRACES_EXPORTER=`zipkin`: supported values are `otlp`"),
+        "{stderr}"
+    );
+
+    // The local stack exists to trace: it refuses to start with span export off.
+    let dir = support::tempdir("exporter-none");
+    let stderr = refused(&["demo", "--out", &dir.to_string_lossy()], "none");
+    assert!(
+        stderr.contains("OTEL_TRACES_EXPORTER=none would leave the local stack's span store"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -401,6 +401,18 @@ async fn start_hop(
 impl Stack {
     /// Start the collector and every hop.
     pub async fn start(opts: &StackOptions) -> Result<Self> {
+        // The hops inherit the standard variables: with trace export off the store stays empty
+        // and nothing the stack is for works; say so before starting anything.
+        if !telemetry::exporter_selection_from_env(telemetry::TRACES_EXPORTER_ENV)? {
+            anyhow::bail!(
+                "{}=none would leave the local stack's span store ({}) empty: unset it \
+                 (OTEL_TRACES_SAMPLER=always_off is how the stack runs without tracing)",
+                telemetry::TRACES_EXPORTER_ENV,
+                opts.out.join("traces.jsonl").display()
+            );
+        }
+        // A value the hops would refuse stops them all at start: refuse it here, once.
+        telemetry::exporter_selection_from_env(telemetry::METRICS_EXPORTER_ENV)?;
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create {}", opts.out.display()))?;
         let (collector, collector_url, collector_task, key) = match &opts.shared {

@@ -30,6 +30,12 @@ pub const XRAY_ENV: &str = "TOKENTRAIL_XRAY";
 pub const XRAY_OTLP_ENDPOINT_ENV: &str = "TOKENTRAIL_XRAY_OTLP_ENDPOINT";
 /// Log output: `json` (default, to stderr), `off`.
 pub const LOG_ENV: &str = "TOKENTRAIL_LOG";
+/// The standard trace exporter selection: `otlp` (default: the embedded collector and
+/// `OTEL_EXPORTER_OTLP_*`) or `none`. X-Ray export, asked for by name in [`XRAY_ENV`], is not
+/// affected.
+pub const TRACES_EXPORTER_ENV: &str = "OTEL_TRACES_EXPORTER";
+/// The same for the hop metrics.
+pub const METRICS_EXPORTER_ENV: &str = "OTEL_METRICS_EXPORTER";
 
 /// Errors from [`init`].
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,46 @@ pub enum TelemetryError {
         "unsupported OTLP protocol `{0}` (supported: `http/protobuf`, `grpc`); set OTEL_EXPORTER_OTLP_PROTOCOL"
     )]
     Protocol(String),
+    /// `OTEL_TRACES_EXPORTER` or `OTEL_METRICS_EXPORTER` holds a value this build does not
+    /// support.
+    #[error(
+        "{var}=`{value}`: supported values are `otlp` (the default: the embedded collector and OTEL_EXPORTER_OTLP_*) and `none`"
+    )]
+    Selection {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Whether a signal's automatically configured exporters (the embedded collector,
+/// `OTEL_EXPORTER_OTLP_*`) run, from its `OTEL_<SIGNAL>_EXPORTER` value: unset, empty or `otlp`
+/// (a comma-separated list may repeat it) → yes; `none` alone → no; anything else, or `none`
+/// next to `otlp`, is refused.
+pub fn exporter_selection(var: &'static str, value: Option<&str>) -> Result<bool, TelemetryError> {
+    let refuse = || TelemetryError::Selection {
+        var,
+        value: value.unwrap_or_default().to_owned(),
+    };
+    let names: Vec<&str> = value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() || names.iter().all(|n| n.eq_ignore_ascii_case("otlp")) {
+        return Ok(true);
+    }
+    if names.iter().all(|n| n.eq_ignore_ascii_case("none")) {
+        return Ok(false);
+    }
+    Err(refuse())
+}
+
+/// [`exporter_selection`] of `var` as the environment sets it.
+pub fn exporter_selection_from_env(var: &'static str) -> Result<bool, TelemetryError> {
+    exporter_selection(var, std::env::var(var).ok().as_deref())
 }
 
 /// Where log lines go.
@@ -248,6 +294,7 @@ fn build_otlp_http(
 /// an async runtime.
 fn build_provider(
     cfg: &TelemetryConfig,
+    metrics_cfg: &TelemetryConfig,
     grpc: Option<opentelemetry_otlp::SpanExporter>,
     grpc_metrics: Option<opentelemetry_otlp::MetricExporter>,
 ) -> Result<Telemetry, TelemetryError> {
@@ -363,7 +410,7 @@ fn build_provider(
     }
     Ok(Telemetry {
         provider: builder.build(),
-        meters: build_meters(cfg, grpc_metrics)?,
+        meters: build_meters(metrics_cfg, grpc_metrics)?,
         exporters,
         xray_stats,
     })
@@ -426,32 +473,43 @@ fn build_meters(
 /// Start telemetry for this process: tracer provider (installed globally), W3C + X-Ray
 /// propagation helpers, and a `tracing` subscriber with the OpenTelemetry layer and JSON logs.
 pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    // The gRPC (tonic) exporter binds to the caller's Tokio runtime, so it is built here; the
+    // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
+    let signal = |on: bool| TelemetryConfig {
+        collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on),
+        otlp_from_env: cfg.otlp_from_env && on,
+        ..cfg.clone()
+    };
+    let traces_cfg = signal(exporter_selection_from_env(TRACES_EXPORTER_ENV)?);
+    let metrics_cfg = signal(exporter_selection_from_env(METRICS_EXPORTER_ENV)?);
+    // The gRPC (tonic) exporters bind to the caller's Tokio runtime, so they are built here; the
     // HTTP exporters' blocking client must not be built inside a runtime, so they are built on a
     // thread of their own.
-    let grpc =
-        if cfg.otlp_from_env && otlp_env_endpoint().is_some() && otlp_env_protocol() == "grpc" {
-            if tokio::runtime::Handle::try_current().is_err() {
-                return Err(TelemetryError::Exporter {
+    let wants_grpc = |c: &TelemetryConfig| {
+        c.otlp_from_env && otlp_env_endpoint().is_some() && otlp_env_protocol() == "grpc"
+    };
+    if (wants_grpc(&traces_cfg) || wants_grpc(&metrics_cfg))
+        && tokio::runtime::Handle::try_current().is_err()
+    {
+        return Err(TelemetryError::Exporter {
+            which: "otlp-grpc",
+            reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one".into(),
+        });
+    }
+    let grpc = if wants_grpc(&traces_cfg) {
+        Some(
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| TelemetryError::Exporter {
                     which: "otlp-grpc",
-                    reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one"
-                        .into(),
-                });
-            }
-            Some(
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .build()
-                    .map_err(|e| TelemetryError::Exporter {
-                        which: "otlp-grpc",
-                        reason: e.to_string(),
-                    })?,
-            )
-        } else {
-            None
-        };
-    let grpc_metrics = match &grpc {
-        Some(_) => Some(
+                    reason: e.to_string(),
+                })?,
+        )
+    } else {
+        None
+    };
+    let grpc_metrics = if wants_grpc(&metrics_cfg) {
+        Some(
             opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .build()
@@ -459,16 +517,17 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                     which: "otlp-grpc metrics",
                     reason: e.to_string(),
                 })?,
-        ),
-        None => None,
+        )
+    } else {
+        None
     };
-    let cfg_for_thread = cfg.clone();
-    let telemetry = std::thread::spawn(move || build_provider(&cfg_for_thread, grpc, grpc_metrics))
-        .join()
-        .map_err(|_| TelemetryError::Exporter {
-            which: "any",
-            reason: "exporter construction panicked".into(),
-        })??;
+    let telemetry =
+        std::thread::spawn(move || build_provider(&traces_cfg, &metrics_cfg, grpc, grpc_metrics))
+            .join()
+            .map_err(|_| TelemetryError::Exporter {
+                which: "any",
+                reason: "exporter construction panicked".into(),
+            })??;
     opentelemetry::global::set_tracer_provider(telemetry.provider.clone());
     let tracer = telemetry.provider.tracer("tokentrail");
 
@@ -514,6 +573,34 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exporter_selection_is_otlp_by_default_none_on_request_and_refuses_the_rest() {
+        let pick = |v: Option<&str>| exporter_selection(TRACES_EXPORTER_ENV, v);
+        for on in [
+            None,
+            Some(""),
+            Some(" "),
+            Some("otlp"),
+            Some("OTLP"),
+            Some("otlp, otlp"),
+        ] {
+            assert!(matches!(pick(on), Ok(true)), "{on:?}");
+        }
+        for off in [Some("none"), Some(" None "), Some("none,")] {
+            assert!(matches!(pick(off), Ok(false)), "{off:?}");
+        }
+        for refused in ["zipkin", "console", "otlp,none", "otlp,zipkin", "jaeger"] {
+            let e = pick(Some(refused)).map_err(|e| e.to_string());
+            assert_eq!(
+                e,
+                Err(format!(
+                    "OTEL_TRACES_EXPORTER=`{refused}`: supported values are `otlp` (the \
+                     default: the embedded collector and OTEL_EXPORTER_OTLP_*) and `none`"
+                ))
+            );
+        }
+    }
     use crate::attrs::{CredentialKind, FailureReason, Hop, Pattern};
     use crate::provenance::{ClaimSummary, CredentialProvenance};
     use crate::{HopSpan, TraceContext};

@@ -29,9 +29,10 @@ pub mod xray;
 pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};
 pub use hop::{AttrValue, HopSpan, Role, Span};
 pub use init::{
-    COLLECTOR_ENV, FlushOutcome, LAMBDA_FLUSH_BOUND, LOG_ENV, LogTo, Telemetry, TelemetryConfig,
-    TelemetryError, XRAY_ENV, XRAY_OTLP_ENDPOINT_ENV, init, install_discarding_pipeline,
-    otlp_env_protocol,
+    COLLECTOR_ENV, FlushOutcome, LAMBDA_FLUSH_BOUND, LOG_ENV, LogTo, METRICS_EXPORTER_ENV,
+    TRACES_EXPORTER_ENV, Telemetry, TelemetryConfig, TelemetryError, XRAY_ENV,
+    XRAY_OTLP_ENDPOINT_ENV, exporter_selection, exporter_selection_from_env, init,
+    install_discarding_pipeline, otlp_env_protocol,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};
