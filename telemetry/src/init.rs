@@ -71,10 +71,6 @@ pub enum TelemetryError {
 /// (a comma-separated list may repeat it) → yes; `none` alone → no; anything else, or `none`
 /// next to `otlp`, is refused.
 pub fn exporter_selection(var: &'static str, value: Option<&str>) -> Result<bool, TelemetryError> {
-    let refuse = || TelemetryError::Selection {
-        var,
-        value: value.unwrap_or_default().to_owned(),
-    };
     let names: Vec<&str> = value
         .unwrap_or_default()
         .split(',')
@@ -87,7 +83,10 @@ pub fn exporter_selection(var: &'static str, value: Option<&str>) -> Result<bool
     if names.iter().all(|n| n.eq_ignore_ascii_case("none")) {
         return Ok(false);
     }
-    Err(refuse())
+    Err(TelemetryError::Selection {
+        var,
+        value: value.unwrap_or_default().to_owned(),
+    })
 }
 
 /// [`exporter_selection`] of `var` as the environment sets it.
