@@ -29,7 +29,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Command line.
 /// A count of one or more (requests, workers, rounds): zero is refused with its reason rather
 /// than quietly raised.
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -40,6 +39,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "tokentrail",
