@@ -717,6 +717,7 @@ mod http_tests {
     use super::*;
     use opentelemetry_http::{HttpError, Request, Response};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Answers with the given statuses in turn (the last one repeats) and records each request.
     #[derive(Debug)]
@@ -806,32 +807,47 @@ mod http_tests {
     }
 
     /// With the real blocking client and a real HTTP server: the client lets go of the body
-    /// once it has the answer, so the buffer comes back.
+    /// after it has the answer, so the buffer comes back. Usually at once; but the connection
+    /// task may drop its copy of the body a moment after the answer was handed over, and then
+    /// that export allocates afresh (nothing is lost). So: within a few exports.
     #[test]
     fn the_blocking_client_gives_the_buffer_back() {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().expect("accept");
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).expect("header");
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().expect("length");
-                }
+        let bodies = Arc::new(AtomicUsize::new(0));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    loop {
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().expect("length");
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).expect("body");
+                        seen.store(body.len(), Ordering::SeqCst);
+                        (&stream)
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .expect("answer");
+                    }
+                });
             }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).expect("body");
-            (&stream)
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .expect("answer");
-            body
         });
         let e = std::thread::spawn(move || {
             let client = OtlpHttpExporter::blocking_client(Duration::from_secs(5)).expect("client");
@@ -844,10 +860,17 @@ mod http_tests {
         })
         .join()
         .expect("built");
-        assert!(run(e.export(one_span())).is_ok());
-        let body = server.join().expect("server");
-        assert!(!body.is_empty());
-        assert!(kept(&e) >= body.len(), "the buffer came back");
+        let mut came_back = false;
+        for _ in 0..5 {
+            assert!(run(e.export(one_span())).is_ok());
+            let sent = bodies.load(Ordering::SeqCst);
+            assert!(sent > 0);
+            if kept(&e) >= sent {
+                came_back = true;
+                break;
+            }
+        }
+        assert!(came_back, "the buffer never came back in 5 exports");
     }
 
     #[test]
