@@ -94,4 +94,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+# The Lambda bootstraps build the telemetry crate without its `grpc` and `xray-api` features
+# (the workspace build above has them, for the CLI): lint that build, and run the telemetry
+# tests that check those exporters are refused with the reason.
+step "Lambda bootstraps' feature set: clippy, telemetry tests"
+cargo clippy -p tokentrail-agent -p tokentrail-interceptor -p tokentrail-target -p tokentrail-broker -- -D warnings
+cargo test -p tokentrail-telemetry --lib
+
 step "all checks passed"

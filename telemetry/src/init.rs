@@ -7,8 +7,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanExporter};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -359,6 +359,7 @@ fn build_provider(
                     )));
                     exporters.push("xray-daemon");
                 }
+                #[cfg(feature = "xray-api")]
                 "api" => {
                     let worker = crate::xray::AwsWorker::start(cfg.export_timeout)
                         .map_err(|e| fail("xray-api", e.to_string()))?;
@@ -369,6 +370,8 @@ fn build_provider(
                     )));
                     exporters.push("xray-api");
                 }
+                #[cfg(not(feature = "xray-api"))]
+                "api" => return Err(fail("xray-api", not_built_in("xray-api"))),
                 "otlp" => {
                     let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
                         .iter()
@@ -469,6 +472,65 @@ fn build_meters(
     }))
 }
 
+/// Why an exporter asked for is missing: the crate feature that brings it was left out of this
+/// build (the Lambda bootstraps leave out `grpc` and `xray-api`; the `tokentrail` CLI has both).
+#[cfg(not(all(feature = "grpc", feature = "xray-api")))]
+fn not_built_in(feature: &str) -> String {
+    format!(
+        "this build has no such exporter: it was built without the telemetry crate's `{feature}` \
+         feature (the Lambda bootstraps are; the `tokentrail` CLI is not)"
+    )
+}
+
+/// The OTLP/gRPC span and metric exporters, where asked for.
+type GrpcExporters = (
+    Option<opentelemetry_otlp::SpanExporter>,
+    Option<opentelemetry_otlp::MetricExporter>,
+);
+
+/// The OTLP/gRPC span and metric exporters asked for. They bind to the caller's Tokio runtime.
+#[cfg(feature = "grpc")]
+fn grpc_exporters(traces: bool, metrics: bool) -> Result<GrpcExporters, TelemetryError> {
+    let fail = |which: &'static str| {
+        move |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+            which,
+            reason: e.to_string(),
+        }
+    };
+    let spans = traces
+        .then(|| {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(fail("otlp-grpc"))
+        })
+        .transpose()?;
+    let meters = metrics
+        .then(|| {
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(fail("otlp-grpc metrics"))
+        })
+        .transpose()?;
+    Ok((spans, meters))
+}
+
+/// Without the `grpc` feature, asking for OTLP/gRPC is refused (never a silent fallback).
+#[cfg(not(feature = "grpc"))]
+fn grpc_exporters(traces: bool, metrics: bool) -> Result<GrpcExporters, TelemetryError> {
+    if traces || metrics {
+        return Err(TelemetryError::Exporter {
+            which: "otlp-grpc",
+            reason: format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: {}; use http/protobuf",
+                not_built_in("grpc")
+            ),
+        });
+    }
+    Ok((None, None))
+}
+
 /// Start telemetry for this process: tracer provider (installed globally), W3C + X-Ray
 /// propagation helpers, and a `tracing` subscriber with the OpenTelemetry layer and JSON logs.
 pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -494,32 +556,7 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one".into(),
         });
     }
-    let grpc = if wants_grpc(&traces_cfg) {
-        Some(
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| TelemetryError::Exporter {
-                    which: "otlp-grpc",
-                    reason: e.to_string(),
-                })?,
-        )
-    } else {
-        None
-    };
-    let grpc_metrics = if wants_grpc(&metrics_cfg) {
-        Some(
-            opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| TelemetryError::Exporter {
-                    which: "otlp-grpc metrics",
-                    reason: e.to_string(),
-                })?,
-        )
-    } else {
-        None
-    };
+    let (grpc, grpc_metrics) = grpc_exporters(wants_grpc(&traces_cfg), wants_grpc(&metrics_cfg))?;
     let telemetry =
         std::thread::spawn(move || build_provider(&traces_cfg, &metrics_cfg, grpc, grpc_metrics))
             .join()
@@ -530,10 +567,7 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_tracer_provider(telemetry.provider.clone());
     let tracer = telemetry.provider.tracer("tokentrail");
 
-    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    let quiet = "hyper=off,hyper_util=off,reqwest=off,h2=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
-    let filter = EnvFilter::try_new(format!("{base},{quiet}"))
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
+    let (filter, not_understood) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let sink: Option<Sink> = match &cfg.log_to {
         LogTo::Stderr => Some(Box::new(std::io::stderr())),
         LogTo::File(path) => match std::fs::OpenOptions::new()
@@ -566,12 +600,123 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                 })),
         )
         .try_init();
+    if let Some(why) = not_understood {
+        tracing::warn!("{why}");
+    }
     Ok(telemetry)
+}
+
+/// Targets whose own logs would only be noise in a hop's log (HTTP plumbing, the SDK itself).
+const QUIET_TARGETS: &str = "hyper=off,hyper_util=off,reqwest=off,h2=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+
+/// The log filter from `RUST_LOG` (default `info`): comma-separated `level` and `target=level`
+/// directives. Span and field directives (`target[span{field}]=level`) are not supported; such
+/// a `RUST_LOG` is refused with the reason, which is then logged, and `info` applies.
+fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
+    let base = rust_log
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("info");
+    match format!("{base},{QUIET_TARGETS}").parse::<Targets>() {
+        Ok(filter) => (filter, None),
+        Err(e) => {
+            let fallback = format!("info,{QUIET_TARGETS}")
+                .parse::<Targets>()
+                .unwrap_or_default();
+            let why = format!(
+                "RUST_LOG `{base}` is not understood ({e}): use `level` and `target=level` \
+                 directives, separated by commas; logging at `info`"
+            );
+            (fallback, Some(why))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Lambda bootstraps build this crate without `grpc`: asking for it is refused.
+    #[cfg(not(feature = "grpc"))]
+    #[test]
+    fn without_the_grpc_feature_otlp_grpc_is_refused_with_the_reason() {
+        for (traces, metrics) in [(true, false), (false, true), (true, true)] {
+            let e = grpc_exporters(traces, metrics).err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(
+                e.starts_with(
+                    "cannot build the otlp-grpc span exporter: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this build"
+                )
+                    && e.contains("without the telemetry crate's `grpc` feature")
+                    && e.ends_with("use http/protobuf"),
+                "{e}"
+            );
+        }
+        assert!(matches!(grpc_exporters(false, false), Ok((None, None))));
+    }
+
+    /// Likewise `xray-api`: `TOKENTRAIL_XRAY=api` is refused, `daemon` still works.
+    #[cfg(not(feature = "xray-api"))]
+    #[test]
+    fn without_the_xray_api_feature_the_api_exporter_is_refused_with_the_reason() {
+        let cfg = |modes: &str| TelemetryConfig {
+            service: Service::Interceptor,
+            collector_endpoint: None,
+            otlp_from_env: false,
+            log_to: LogTo::Off,
+            export_timeout: Duration::from_secs(1),
+            xray: Some(modes.to_owned()),
+        };
+        let e = build_provider(&cfg("daemon,api"), &cfg(""), None, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with(
+                "cannot build the xray-api span exporter: this build has no such exporter"
+            ) && e.contains("`xray-api` feature"),
+            "{e}"
+        );
+        let ok = build_provider(&cfg("daemon"), &cfg(""), None, None).map(|t| t.exporters);
+        assert_eq!(ok.ok(), Some(vec!["xray-daemon"]));
+    }
+
+    #[cfg(feature = "grpc")]
+    #[test]
+    fn with_the_grpc_feature_nothing_is_built_unless_asked_for() {
+        assert!(matches!(grpc_exporters(false, false), Ok((None, None))));
+    }
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_plumbing_stays_quiet() {
+        use tracing::Level;
+        let (f, why) = log_filter(None);
+        assert!(why.is_none());
+        assert!(f.would_enable("interceptor", &Level::INFO));
+        assert!(!f.would_enable("interceptor", &Level::DEBUG));
+        let (f, why) = log_filter(Some("warn,interceptor=debug"));
+        assert!(why.is_none());
+        assert!(f.would_enable("interceptor::core", &Level::DEBUG));
+        assert!(!f.would_enable("target", &Level::INFO));
+        let (f, _) = log_filter(Some("trace"));
+        assert!(f.would_enable("auth", &Level::TRACE));
+        assert!(!f.would_enable("hyper::proto", &Level::ERROR));
+        assert!(!f.would_enable("opentelemetry_sdk", &Level::ERROR));
+    }
+
+    #[test]
+    fn a_rust_log_not_understood_is_reported_and_info_applies() {
+        use tracing::Level;
+        let (f, why) = log_filter(Some("interceptor[invoke{user=alice}]=debug"));
+        let why = why.unwrap();
+        assert!(
+            why.starts_with("RUST_LOG `interceptor[invoke{user=alice}]=debug` is not understood ("),
+            "{why}"
+        );
+        assert!(f.would_enable("interceptor", &Level::INFO));
+        assert!(!f.would_enable("interceptor", &Level::DEBUG));
+        assert!(!f.would_enable("hyper", &Level::ERROR));
+    }
 
     #[test]
     fn the_exporter_selection_is_otlp_by_default_none_on_request_and_refuses_the_rest() {

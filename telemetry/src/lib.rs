@@ -9,6 +9,11 @@
 //! - [`redact`]: the last-line scrubber applied to every exported string;
 //! - [`xray`]: span → X-Ray segment documents, daemon / `PutTraceSegments` / SigV4 OTLP export;
 //! - [`Telemetry::flush`]: bounded per-invocation flush for Lambda.
+//!
+//! Cargo features, both off by default so the Lambda bootstraps stay small (the `tokentrail` CLI
+//! turns both on): `grpc`, the OTLP/gRPC exporters (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`), and
+//! `xray-api`, X-Ray's `PutTraceSegments` (`TOKENTRAIL_XRAY=api`). Asking a build without one for
+//! it fails [`init`] with the reason.
 
 pub mod attrs;
 mod export;

@@ -19,7 +19,7 @@
 //! SDK (batched; unprocessed segments retried, then counted and logged), and OTLP/HTTP to X-Ray's
 //! OTLP endpoint signed with SigV4 ([`SigV4HttpClient`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -584,12 +584,15 @@ pub struct PutReport {
 }
 
 enum Job {
+    #[cfg(feature = "xray-api")]
     Put(Vec<String>, mpsc::Sender<PutReport>),
     Credentials(mpsc::Sender<Result<aws_credential_types::Credentials, String>>),
 }
 
 /// A thread with its own Tokio runtime running the AWS SDK: span exporters run on the SDK's
 /// batch thread (no runtime), and a runtime must not be built or dropped inside another one.
+/// It resolves credentials (for SigV4 signing) and, with the `xray-api` feature, sends
+/// `PutTraceSegments`.
 #[derive(Debug)]
 pub struct AwsWorker {
     tx: Mutex<mpsc::Sender<Job>>,
@@ -619,9 +622,11 @@ impl AwsWorker {
             .name("tokentrail-xray".into())
             .spawn(move || {
                 let config = runtime.block_on(loader.load());
+                #[cfg(feature = "xray-api")]
                 let client = aws_sdk_xray::Client::new(&config);
                 for job in rx {
                     match job {
+                        #[cfg(feature = "xray-api")]
                         Job::Put(docs, reply) => {
                             let _ = reply.send(runtime.block_on(put_all(&client, docs)));
                         }
@@ -659,6 +664,7 @@ impl AwsWorker {
 
     /// Send documents with `PutTraceSegments` (batches of [`PUT_BATCH`], unprocessed ones
     /// retried), waiting at most the worker's timeout per attempt.
+    #[cfg(feature = "xray-api")]
     pub fn put(&self, docs: Vec<String>) -> PutReport {
         let n = docs.len();
         let bound = self.timeout * (PUT_ATTEMPTS as u32) * (n.div_ceil(PUT_BATCH).max(1) as u32);
@@ -680,12 +686,14 @@ impl AwsWorker {
     }
 }
 
+#[cfg(feature = "xray-api")]
 fn doc_id(doc: &str) -> Option<String> {
     serde_json::from_str::<Value>(doc)
         .ok()
         .and_then(|v| str_field(&v, "id").map(str::to_owned))
 }
 
+#[cfg(feature = "xray-api")]
 async fn put_all(client: &aws_sdk_xray::Client, docs: Vec<String>) -> PutReport {
     let mut report = PutReport::default();
     for chunk in docs.chunks(PUT_BATCH) {
@@ -704,7 +712,8 @@ async fn put_all(client: &aws_sdk_xray::Client, docs: Vec<String>) -> PutReport 
                         pending.clear();
                         break;
                     }
-                    let ids: HashSet<&str> = unprocessed.iter().filter_map(|u| u.id()).collect();
+                    let ids: std::collections::HashSet<&str> =
+                        unprocessed.iter().filter_map(|u| u.id()).collect();
                     let before = pending.len();
                     if ids.len() == unprocessed.len() {
                         pending.retain(|d| doc_id(d).is_some_and(|id| ids.contains(id.as_str())));
@@ -750,7 +759,8 @@ pub enum XraySink {
         /// Daemon address.
         addr: SocketAddr,
     },
-    /// `PutTraceSegments`.
+    /// `PutTraceSegments` (the `xray-api` feature).
+    #[cfg(feature = "xray-api")]
     Api(AwsWorker),
 }
 
@@ -840,6 +850,7 @@ impl XrayExporter {
                 }
                 Ok(())
             }
+            #[cfg(feature = "xray-api")]
             XraySink::Api(worker) => {
                 let report = worker.put(docs);
                 self.stats
@@ -1249,6 +1260,7 @@ mod tests {
         assert!(req.headers().contains_key("x-amz-date"));
     }
 
+    #[cfg(feature = "xray-api")]
     /// A PutTraceSegments endpoint answering with `answers[n]` to the n-th call (then `{}`),
     /// recording the documents of each call.
     fn fake_xray(answers: Vec<Value>) -> (String, Arc<Mutex<Vec<Vec<String>>>>) {
@@ -1305,6 +1317,7 @@ mod tests {
         (url, calls)
     }
 
+    #[cfg(feature = "xray-api")]
     fn worker(url: &str) -> AwsWorker {
         let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(url)
@@ -1315,6 +1328,7 @@ mod tests {
         AwsWorker::start_with(Duration::from_secs(5), loader).unwrap()
     }
 
+    #[cfg(feature = "xray-api")]
     fn docs(n: usize) -> Vec<String> {
         (0..n)
             .map(|i| {
@@ -1325,6 +1339,7 @@ mod tests {
             .collect()
     }
 
+    #[cfg(feature = "xray-api")]
     #[test]
     fn unprocessed_segments_are_retried_then_accepted() {
         let first = docs(60);
@@ -1344,6 +1359,7 @@ mod tests {
         assert_eq!(calls[2].len(), 10);
     }
 
+    #[cfg(feature = "xray-api")]
     #[test]
     fn segments_unprocessed_every_time_are_counted_as_dropped_with_the_reason() {
         let always = json!({"UnprocessedTraceSegments": [
