@@ -523,7 +523,7 @@ fn grpc_exporters(traces: bool, metrics: bool) -> Result<GrpcExporters, Telemetr
         return Err(TelemetryError::Exporter {
             which: "otlp-grpc",
             reason: format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: {}; use http/protobuf",
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: {}; set it to http/protobuf",
                 not_built_in("grpc")
             ),
         });
@@ -617,7 +617,15 @@ fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .unwrap_or("info");
-    match format!("{base},{QUIET_TARGETS}").parse::<Targets>() {
+    // `Targets` would take `target[span]` for a target's name, which no target has.
+    let parsed = if base.contains(['[', ']', '{', '}']) {
+        Err("span and field directives are not supported".to_owned())
+    } else {
+        format!("{base},{QUIET_TARGETS}")
+            .parse::<Targets>()
+            .map_err(|e| e.to_string())
+    };
+    match parsed {
         Ok(filter) => (filter, None),
         Err(e) => {
             let fallback = format!("info,{QUIET_TARGETS}")
@@ -648,7 +656,7 @@ mod tests {
                     "cannot build the otlp-grpc span exporter: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this build"
                 )
                     && e.contains("without the telemetry crate's `grpc` feature")
-                    && e.ends_with("use http/protobuf"),
+                    && e.ends_with("set it to http/protobuf"),
                 "{e}"
             );
         }
@@ -716,6 +724,17 @@ mod tests {
         assert!(f.would_enable("interceptor", &Level::INFO));
         assert!(!f.would_enable("interceptor", &Level::DEBUG));
         assert!(!f.would_enable("hyper", &Level::ERROR));
+        let (f, why) = log_filter(Some("interceptor[invoke]=debug"));
+        assert_eq!(
+            why.as_deref(),
+            Some(
+                "RUST_LOG `interceptor[invoke]=debug` is not understood (span and field \
+                 directives are not supported): use `level` and `target=level` directives, \
+                 separated by commas; logging at `info`"
+            )
+        );
+        assert!(f.would_enable("interceptor", &Level::INFO));
+        assert!(log_filter(Some("interceptor=loud")).1.is_some());
     }
 
     #[test]

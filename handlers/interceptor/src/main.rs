@@ -1,7 +1,11 @@
 //! Lambda entry of the REQUEST interceptor (`cargo lambda build -p tokentrail-interceptor`).
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> std::process::ExitCode {
+    lambda_front::exit("tokentrail-interceptor", run().await)
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
         telemetry::Service::Interceptor,
     ))?;

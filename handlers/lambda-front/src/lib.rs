@@ -35,6 +35,55 @@ pub async fn run_router(
     .await
 }
 
+/// How a bootstrap ends: an error (at start, or from the runtime) is printed to stderr as
+/// `program: reason: cause…` (what Lambda shows in the function's log), and the process exits
+/// with 1. Returning the error from `main` instead would print its debug form.
+pub fn exit(program: &str, result: Result<(), lambda_http::Error>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {}", describe(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line (a cause its error already quotes is left out),
+/// scrubbed of anything secret-shaped.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        cause = c.source();
+    }
+    telemetry::redact::scrub(&reason).into_owned()
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Outer(String, #[source] std::io::Error);
+
+    #[test]
+    fn an_error_is_described_with_its_causes_once_and_scrubbed() {
+        let inner = std::io::Error::other("connection refused");
+        let e = Outer("cannot reach the IdP".into(), inner);
+        assert_eq!(describe(&e), "cannot reach the IdP: connection refused");
+        let inner = std::io::Error::other("connection refused");
+        let e = Outer("cannot reach the IdP: connection refused".into(), inner);
+        assert_eq!(describe(&e), "cannot reach the IdP: connection refused");
+        let e = std::io::Error::other("header was Bearer abc.def");
+        assert_eq!(describe(&e), "header was Bearer [REDACTED]");
+    }
+}
+
 /// Configuration from the environment, Lambda style, shared by the hops.
 pub mod env {
     /// Errors in configuration.

@@ -1,7 +1,11 @@
 //! Lambda entry of the target API (`lambda_http` over the same axum router).
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+async fn main() -> std::process::ExitCode {
+    lambda_front::exit("tokentrail-target", run().await)
+}
+
+async fn run() -> Result<(), lambda_http::Error> {
     let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
         telemetry::Service::Target,
     ))?;
