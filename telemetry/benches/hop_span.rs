@@ -63,6 +63,12 @@ fn bench(c: &mut Criterion) {
             telemetry::redact::scrub("gateway.interceptor rejected the request: expired").len()
         })
     });
+    // The full path: a header line with a bearer JWT and the same JWT again on its own.
+    let raw = secrecy::ExposeSecret::expose_secret(&token);
+    let dirty = format!("authorization: Bearer {raw}; user token {raw}; done");
+    c.bench_function("scrub_string_with_bearer_and_jwt", |b| {
+        b.iter(|| telemetry::redact::scrub(&dirty).len())
+    });
 }
 
 criterion_group!(benches, bench);
