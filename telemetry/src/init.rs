@@ -491,6 +491,12 @@ type GrpcExporters = (
 /// The OTLP/gRPC span and metric exporters asked for. They bind to the caller's Tokio runtime.
 #[cfg(feature = "grpc")]
 fn grpc_exporters(traces: bool, metrics: bool) -> Result<GrpcExporters, TelemetryError> {
+    if (traces || metrics) && tokio::runtime::Handle::try_current().is_err() {
+        return Err(TelemetryError::Exporter {
+            which: "otlp-grpc",
+            reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one".into(),
+        });
+    }
     let fail = |which: &'static str| {
         move |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
             which,
@@ -548,14 +554,6 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let wants_grpc = |c: &TelemetryConfig| {
         c.otlp_from_env && otlp_env_endpoint().is_some() && otlp_env_protocol() == "grpc"
     };
-    if (wants_grpc(&traces_cfg) || wants_grpc(&metrics_cfg))
-        && tokio::runtime::Handle::try_current().is_err()
-    {
-        return Err(TelemetryError::Exporter {
-            which: "otlp-grpc",
-            reason: "OTLP/gRPC export needs a Tokio runtime: call init from inside one".into(),
-        });
-    }
     let (grpc, grpc_metrics) = grpc_exporters(wants_grpc(&traces_cfg), wants_grpc(&metrics_cfg))?;
     let telemetry =
         std::thread::spawn(move || build_provider(&traces_cfg, &metrics_cfg, grpc, grpc_metrics))
