@@ -260,16 +260,20 @@ fn next_aws_run(bytes: &[u8], from: usize) -> Option<Range<usize>> {
     None
 }
 
-/// The runs [`scrub`] replaces as AWS secrets: exactly 40 bytes (a secret access key) or 100
-/// or more (a session token), mixing upper case, lower case and digits.
-fn aws_secrets(bytes: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+/// Every maximal run of the AWS secret class of [`AWS_MIN`] bytes or longer, in order.
+fn aws_runs(bytes: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut from = 0;
     std::iter::from_fn(move || {
         let r = next_aws_run(bytes, from)?;
         from = r.end;
         Some(r)
     })
-    .filter(|r| looks_like_aws_secret(&bytes[r.clone()]))
+}
+
+/// The runs [`scrub`] replaces as AWS secrets: exactly 40 bytes (a secret access key) or 100
+/// or more (a session token), mixing upper case, lower case and digits.
+fn aws_secrets(bytes: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    aws_runs(bytes).filter(|r| looks_like_aws_secret(&bytes[r.clone()]))
 }
 
 fn looks_like_aws_secret(run: &[u8]) -> bool {
@@ -451,13 +455,7 @@ mod tests {
             let jwts: Vec<_> = JWT.find_iter(&text).map(|m| m.range()).collect();
             assert_eq!(jwt_matches(&text), jwts, "{text}");
             let runs: Vec<_> = AWS_SECRET.find_iter(&text).map(|m| m.range()).collect();
-            let mut from = 0;
-            let mine: Vec<_> = std::iter::from_fn(|| {
-                let r = next_aws_run(text.as_bytes(), from)?;
-                from = r.end;
-                Some(r)
-            })
-            .collect();
+            let mine: Vec<_> = aws_runs(text.as_bytes()).collect();
             assert_eq!(mine, runs, "{text}");
             let want: Vec<_> = BEARER.find_iter(&text).map(|m| m.range()).collect();
             let got = bearer_matches(&text);
