@@ -195,8 +195,9 @@ async fn counting_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
 }
 
 /// One hop (`tokentrail serve target`) answering one traced request and stopping, exporting to
-/// `collector`; `exporter` is its `OTEL_TRACES_EXPORTER`. The paths the collector saw.
-async fn one_traced_request(exporter: Option<&str>) -> Vec<String> {
+/// `collector`, with `env` set (`OTEL_TRACES_EXPORTER` and `OTEL_SDK_DISABLED` unset unless
+/// given). The paths the collector saw.
+async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
     use std::process::Stdio;
     use tokio::io::AsyncBufReadExt;
     let (collector, seen) = counting_collector().await;
@@ -209,13 +210,12 @@ async fn one_traced_request(exporter: Option<&str>) -> Vec<String> {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_METRICS_EXPORTER")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("OTEL_SDK_DISABLED")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
-    match exporter {
-        Some(v) => cmd.env("OTEL_TRACES_EXPORTER", v),
-        None => cmd.env_remove("OTEL_TRACES_EXPORTER"),
-    };
     let mut child = cmd.spawn().expect("target starts");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     let url = loop {
@@ -244,13 +244,13 @@ async fn one_traced_request(exporter: Option<&str>) -> Vec<String> {
     seen.lock().unwrap().clone()
 }
 
-/// The CLI run with `OTEL_TRACES_EXPORTER=exporter`, expected to fail: its standard error.
-fn refused(args: &[&str], exporter: &str) -> String {
+/// The CLI run with `var=value`, expected to fail: its standard error.
+fn refused(args: &[&str], var: &str, value: &str) -> String {
     let out = std::process::Command::new(support::bin())
         .args(args)
         .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
         .env("TOKENTRAIL_LOG", "off")
-        .env("OTEL_TRACES_EXPORTER", exporter)
+        .env(var, value)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("runs");
@@ -262,26 +262,55 @@ fn refused(args: &[&str], exporter: &str) -> String {
 /// exports both; a value the build does not support stops the hop at start with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_traces_exporter_none_turns_span_export_off() {
-    let exported = one_traced_request(None).await;
+    let exported = one_traced_request(&[]).await;
     assert!(exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
     assert!(exported.iter().any(|p| p == "/v1/metrics"), "{exported:?}");
 
-    let exported = one_traced_request(Some("none")).await;
+    let exported = one_traced_request(&[("OTEL_TRACES_EXPORTER", "none")]).await;
     assert!(!exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
     assert!(exported.iter().any(|p| p == "/v1/metrics"), "{exported:?}");
 
-    let stderr = refused(&["serve", "target"], "zipkin");
-    assert!(
-        stderr.contains("OTEL_TRACES_EXPORTER=`zipkin`: supported values are `otlp`"),
-        "{stderr}"
+    // A value the build does not support stops the hop; the local stack exists to trace: it
+    // refuses to start with span export off.
+    refusals(
+        "OTEL_TRACES_EXPORTER",
+        (
+            "zipkin",
+            "OTEL_TRACES_EXPORTER=`zipkin`: supported values are `otlp`",
+        ),
+        (
+            "none",
+            "OTEL_TRACES_EXPORTER=none would leave the local stack's span store",
+        ),
     );
+}
 
-    // The local stack exists to trace: it refuses to start with span export off.
-    let dir = support::tempdir("exporter-none");
-    let stderr = refused(&["demo", "--out", &dir.to_string_lossy()], "none");
-    assert!(
-        stderr.contains("OTEL_TRACES_EXPORTER=none would leave the local stack's span store"),
-        "{stderr}"
-    );
+/// `serve target` with `var=bad.0` fails saying `bad.1`; `demo` with `var=stack.0` fails saying
+/// `stack.1`.
+fn refusals(var: &str, bad: (&str, &str), stack: (&str, &str)) {
+    let stderr = refused(&["serve", "target"], var, bad.0);
+    assert!(stderr.contains(bad.1), "{stderr}");
+    let dir = support::tempdir("refused");
+    let stderr = refused(&["demo", "--out", &dir.to_string_lossy()], var, stack.0);
+    assert!(stderr.contains(stack.1), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `OTEL_SDK_DISABLED=true`: the hop serves and exports nothing (no spans, no metrics); a value
+/// other than `true`/`false` stops it at start with the reason; the local stack refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_turns_the_sdk_off() {
+    let exported = one_traced_request(&[("OTEL_SDK_DISABLED", "true")]).await;
+    assert!(exported.is_empty(), "{exported:?}");
+    let exported = one_traced_request(&[("OTEL_SDK_DISABLED", "false")]).await;
+    assert!(exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
+
+    refusals(
+        "OTEL_SDK_DISABLED",
+        ("yes", "OTEL_SDK_DISABLED=`yes`: use `true`"),
+        (
+            "true",
+            "OTEL_SDK_DISABLED=true would turn tracing off in every hop",
+        ),
+    );
 }

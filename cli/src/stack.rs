@@ -411,6 +411,15 @@ impl Stack {
                 opts.out.join("traces.jsonl").display()
             );
         }
+        if telemetry::sdk_disabled_from_env()? {
+            anyhow::bail!(
+                "{}=true would turn tracing off in every hop and leave the local stack's span \
+                 store ({}) empty: unset it (OTEL_TRACES_SAMPLER=always_off is how the stack runs \
+                 without tracing; `tokentrail serve <hop>` honours it)",
+                telemetry::SDK_DISABLED_ENV,
+                opts.out.join("traces.jsonl").display()
+            );
+        }
         // A value the hops would refuse stops them all at start: refuse it here, once.
         telemetry::exporter_selection_from_env(telemetry::METRICS_EXPORTER_ENV)?;
         std::fs::create_dir_all(&opts.out)

@@ -37,6 +37,8 @@ pub const LOG_ENV: &str = "TOKENTRAIL_LOG";
 pub const TRACES_EXPORTER_ENV: &str = "OTEL_TRACES_EXPORTER";
 /// The same for the hop metrics.
 pub const METRICS_EXPORTER_ENV: &str = "OTEL_METRICS_EXPORTER";
+/// The standard switch that turns the OpenTelemetry SDK off: `true` or `false` (default).
+pub const SDK_DISABLED_ENV: &str = "OTEL_SDK_DISABLED";
 
 /// Errors from [`init`].
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,26 @@ pub enum TelemetryError {
         /// Its value.
         value: String,
     },
+    /// `OTEL_SDK_DISABLED` is neither `true` nor `false`.
+    #[error("OTEL_SDK_DISABLED=`{0}`: use `true` (no spans, no OpenTelemetry metrics) or `false`")]
+    SdkDisabled(String),
+}
+
+/// Whether `OTEL_SDK_DISABLED` turns the SDK off: `true` (any case) → yes; unset, empty or
+/// `false` → no; anything else is refused.
+pub fn sdk_disabled(value: Option<&str>) -> Result<bool, TelemetryError> {
+    match value.map(str::trim).unwrap_or_default() {
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        v if v.is_empty() || v.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(TelemetryError::SdkDisabled(
+            value.unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+/// [`sdk_disabled`] as the environment sets it.
+pub fn sdk_disabled_from_env() -> Result<bool, TelemetryError> {
+    sdk_disabled(std::env::var(SDK_DISABLED_ENV).ok().as_deref())
 }
 
 /// Whether a signal's automatically configured exporters (the embedded collector,
@@ -565,10 +587,14 @@ fn grpc_exporters(traces: bool, metrics: bool) -> Result<GrpcExporters, Telemetr
 /// Start telemetry for this process: tracer provider (installed globally), W3C + X-Ray
 /// propagation helpers, and a `tracing` subscriber with the OpenTelemetry layer and JSON logs.
 pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    // `OTEL_SDK_DISABLED=true`: no exporter at all (X-Ray included), the no-op tracer (a hop's
+    // span is its parent's context, so the trace passes through unchanged), logs as usual.
+    let disabled = sdk_disabled_from_env()?;
     // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
     let signal = |on: bool| TelemetryConfig {
-        collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on),
-        otlp_from_env: cfg.otlp_from_env && on,
+        collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on && !disabled),
+        otlp_from_env: cfg.otlp_from_env && on && !disabled,
+        xray: cfg.xray.clone().filter(|_| !disabled),
         ..cfg.clone()
     };
     let traces_cfg = signal(exporter_selection_from_env(TRACES_EXPORTER_ENV)?);
@@ -587,8 +613,24 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                 which: "any",
                 reason: "exporter construction panicked".into(),
             })??;
-    opentelemetry::global::set_tracer_provider(telemetry.provider.clone());
-    let tracer = telemetry.provider.tracer("tokentrail");
+    let otel_layer = if disabled {
+        opentelemetry::global::set_tracer_provider(
+            opentelemetry::trace::noop::NoopTracerProvider::new(),
+        );
+        None
+    } else {
+        opentelemetry::global::set_tracer_provider(telemetry.provider.clone());
+        let tracer = telemetry.provider.tracer("tokentrail");
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // lambda_runtime's own "Lambda runtime invoke" span would start a trace of its
+                // own (aws-lambda-rust-runtime#618): hops hang from the trace header instead.
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    !m.target().starts_with("lambda_runtime")
+                })),
+        )
+    };
 
     let (filter, not_understood) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let sink: Option<Sink> = match &cfg.log_to {
@@ -613,18 +655,16 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(logs)
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                // lambda_runtime's own "Lambda runtime invoke" span would start a trace of its
-                // own (aws-lambda-rust-runtime#618): hops hang from the trace header instead.
-                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                    !m.target().starts_with("lambda_runtime")
-                })),
-        )
+        .with(otel_layer)
         .try_init();
     if let Some(why) = not_understood {
         tracing::warn!("{why}");
+    }
+    if disabled {
+        tracing::info!(
+            "{SDK_DISABLED_ENV}=true: no spans and no OpenTelemetry metrics are recorded; trace \
+             context passes through unchanged"
+        );
     }
     Ok(telemetry)
 }
@@ -666,6 +706,21 @@ fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otel_sdk_disabled_is_true_false_or_refused() {
+        for on in ["true", "TRUE", " True "] {
+            assert!(sdk_disabled(Some(on)).expect("understood"), "{on}");
+        }
+        for off in [None, Some(""), Some("false"), Some("FALSE")] {
+            assert!(!sdk_disabled(off).expect("understood"), "{off:?}");
+        }
+        for bad in ["1", "yes", "on", "maybe"] {
+            let e = sdk_disabled(Some(bad)).expect_err("refused").to_string();
+            assert!(e.contains(&format!("OTEL_SDK_DISABLED=`{bad}`")), "{e}");
+            assert!(e.contains("use `true`"), "{e}");
+        }
+    }
 
     /// The Lambda bootstraps build this crate without `grpc`: asking for it is refused.
     #[cfg(not(feature = "grpc"))]
