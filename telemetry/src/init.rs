@@ -15,7 +15,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::attrs::Service;
 use crate::export::RedactingExporter;
 use crate::logs::{JsonLogLayer, Sink};
-use crate::otlp_batch::{EncodingBatchProcessor, Limits};
 use crate::otlp_export::OtlpHttpExporter;
 
 /// How long a Lambda invocation waits for its spans to be flushed before it returns.
@@ -298,31 +297,12 @@ impl Telemetry {
     }
 }
 
-/// The batch processor of the OTLP/HTTP exporters written straight from the span records
-/// ([`crate::otlp_export`]): spans are scrubbed and encoded as they end
-/// ([`crate::otlp_batch`]). Flushes wait at most the export timeout with its retries.
-fn encoding_batch(
-    which: &'static str,
-    exporter: OtlpHttpExporter,
-    timeout: Duration,
-) -> Result<EncodingBatchProcessor, TelemetryError> {
-    EncodingBatchProcessor::new(
-        exporter,
-        Limits::from_env(),
-        timeout + Duration::from_secs(1),
-    )
-    .map_err(|e| TelemetryError::Exporter {
-        which,
-        reason: format!("cannot start the export thread: {e}"),
-    })
-}
-
 /// The embedded collector's exporter: OTLP/HTTP protobuf written straight from the span records
 /// ([`crate::otlp_export`]).
 fn build_otlp_http(
     endpoint: String,
     timeout: Duration,
-) -> Result<OtlpHttpExporter, TelemetryError> {
+) -> Result<impl SpanExporter + 'static, TelemetryError> {
     let fail = |reason: String| TelemetryError::Exporter {
         which: "collector",
         reason,
@@ -345,9 +325,8 @@ fn build_provider(
     let mut exporters = Vec::new();
     if let Some(base) = &cfg.collector_endpoint {
         let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
-        let exporter = build_otlp_http(endpoint, cfg.export_timeout)?;
         builder =
-            builder.with_span_processor(encoding_batch("collector", exporter, cfg.export_timeout)?);
+            builder.with_span_processor(batch(build_otlp_http(endpoint, cfg.export_timeout)?));
         exporters.push("collector");
     }
     if cfg.otlp_from_env && otlp_env_endpoint().is_some() {
@@ -440,11 +419,7 @@ fn build_provider(
                         cfg.export_timeout,
                     )
                     .map_err(|e| fail("xray-otlp", e))?;
-                    builder = builder.with_span_processor(encoding_batch(
-                        "xray-otlp",
-                        exporter,
-                        cfg.export_timeout,
-                    )?);
+                    builder = builder.with_span_processor(batch(exporter));
                     exporters.push("xray-otlp");
                 }
                 other => {

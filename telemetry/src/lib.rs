@@ -24,7 +24,6 @@ mod init;
 mod logs;
 pub mod metrics;
 pub mod otlp;
-mod otlp_batch;
 mod otlp_export;
 mod otlp_json;
 pub mod propagation;

@@ -276,63 +276,14 @@ pub(crate) fn encode_request_into(
     }
     buf.clear();
     buf.reserve(64 + spans.len() * 768 + resource.message.len());
-    envelope(
-        buf,
-        resource,
-        &scopes,
-        |(sc, _)| sc,
-        |buf, (_, members)| {
-            for s in members {
-                encode_span(buf, s);
-            }
-        },
-    );
-}
-
-/// One span as an entry of `ScopeSpans.spans` (field 2, length-prefixed): what
-/// [`write_request`] puts back to back under its scope.
-pub(crate) fn encode_span(buf: &mut Vec<u8>, s: &SpanData) {
-    message(buf, 2, |buf| span(buf, s));
-}
-
-/// One `ExportTraceServiceRequest` into `buf` (cleared first) from spans encoded earlier with
-/// [`encode_span`]: one `ScopeSpans` per `(scope, its spans' bytes)`, in the order given.
-pub(crate) fn write_request<'a>(
-    buf: &mut Vec<u8>,
-    resource: &EncodedResource,
-    scopes: &[(&'a InstrumentationScope, &'a [u8])],
-) {
-    buf.clear();
-    buf.reserve(
-        64 + resource.message.len() + scopes.iter().map(|(_, b)| b.len() + 64).sum::<usize>(),
-    );
-    envelope(
-        buf,
-        resource,
-        scopes,
-        |(sc, _)| sc,
-        |buf, (_, bytes)| {
-            buf.extend_from_slice(bytes);
-        },
-    );
-}
-
-/// The request around the spans: `ResourceSpans` with the resource, then per scope its
-/// `ScopeSpans` (scope, the spans `spans` writes, schema URL), then the resource's schema URL.
-fn envelope<S>(
-    buf: &mut Vec<u8>,
-    resource: &EncodedResource,
-    scopes: &[S],
-    scope_of: impl Fn(&S) -> &InstrumentationScope,
-    spans: impl Fn(&mut Vec<u8>, &S),
-) {
     message(buf, 1, |buf| {
         len_always(buf, 1, &resource.message);
-        for group in scopes {
-            let sc = scope_of(group);
+        for (sc, members) in &scopes {
             message(buf, 2, |buf| {
                 message(buf, 1, |buf| scope(buf, sc));
-                spans(buf, group);
+                for s in members {
+                    message(buf, 2, |buf| span(buf, s));
+                }
                 len_field(buf, 3, sc.schema_url().unwrap_or_default().as_bytes());
             });
         }
@@ -474,43 +425,23 @@ const RETRIES: u32 = 3;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_millis(1600);
 
-impl OtlpHttpExporter {
-    /// Encode one request with `encode` into the kept buffer and post it.
-    async fn export_with(&self, spans: usize, encode: impl FnOnce(&mut Vec<u8>)) -> OTelSdkResult {
-        let mut buf = self
-            .scratch
-            .lock()
-            .map(|mut kept| kept.take())
-            .unwrap_or_default();
-        encode(&mut buf);
-        let body = Bytes::from(buf);
-        let sent = self.post(&body, spans).await;
-        if let Ok(mut kept) = self.scratch.lock() {
-            kept.keep(body);
-        }
-        sent
-    }
-
-    /// [`Self::export_with`] on the calling thread (the export thread of
-    /// [`crate::otlp_batch::EncodingBatchProcessor`]; not inside an async runtime).
-    pub(crate) fn export_encoded(
-        &self,
-        spans: usize,
-        encode: impl FnOnce(&mut Vec<u8>),
-    ) -> OTelSdkResult {
-        futures_executor::block_on(self.export_with(spans, encode))
-    }
-}
-
 impl SpanExporter for OtlpHttpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
-        self.export_with(batch.len(), |buf| {
-            encode_request_into(&self.resource, &batch, buf)
-        })
-        .await
+        let mut buf = self
+            .scratch
+            .lock()
+            .map(|mut kept| kept.take())
+            .unwrap_or_default();
+        encode_request_into(&self.resource, &batch, &mut buf);
+        let body = Bytes::from(buf);
+        let sent = self.post(&body, batch.len()).await;
+        if let Ok(mut kept) = self.scratch.lock() {
+            kept.keep(body);
+        }
+        sent
     }
 
     fn set_resource(&mut self, resource: &Resource) {
