@@ -2,7 +2,8 @@
 //! the same run. Two stacks run side by side (the "off" one with `OTEL_TRACES_SAMPLER=always_off`
 //! in every hop and unsampled app spans); rounds alternate between them so drift of the machine
 //! hits both alike. Each worker logs in once and reuses its token, so the IdP's signing cost is
-//! not part of the measurement.
+//! not part of the measurement. `--calibrate` runs both stacks untraced (an A/A run) to show how
+//! far two identical stacks differ on this machine.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,10 +17,43 @@ use telemetry::TraceContext;
 use crate::app::{App, CallSpec, Outcome};
 use crate::stack::{Stack, StackOptions};
 
+/// What the two stacks are and how the report names them.
+#[derive(Debug, Clone, Copy)]
+struct Modes {
+    /// Names of the two stacks.
+    names: [&'static str; 2],
+    /// Whether each stack traces.
+    traced: [bool; 2],
+    /// Heading of the CPU table's difference column.
+    difference: &'static str,
+    /// The ratio line's words.
+    ratio: &'static str,
+}
+
+impl Modes {
+    fn new(calibrate: bool) -> Self {
+        if calibrate {
+            Self {
+                names: ["off-a", "off-b"],
+                traced: [false, false],
+                difference: "a - b",
+                ratio: "throughput of two untraced stacks, a / b (this machine's noise)",
+            }
+        } else {
+            Self {
+                names: ["on", "off"],
+                traced: [true, false],
+                difference: "tracing adds",
+                ratio: "throughput with tracing on / off",
+            }
+        }
+    }
+}
+
 /// Results of one mode.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeResult {
-    /// `on` or `off`.
+    /// `on` or `off` (`off-a` and `off-b` in a calibration run).
     pub tracing: &'static str,
     /// Requests measured.
     pub requests: usize,
@@ -104,7 +138,7 @@ fn per_request(d: Duration, requests: usize) -> f64 {
 }
 
 /// The table of CPU per request, tracing on vs off, and its JSON.
-fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2]) -> Option<serde_json::Value> {
+fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2], modes: Modes) -> Option<serde_json::Value> {
     if cpu.iter().any(|c| c.hops.is_empty()) {
         return None;
     }
@@ -134,10 +168,8 @@ fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2]) -> Option<serde_json::Va
     println!(
         "\nCPU per request (user + system over each round and its export drain, 10 ms ticks):"
     );
-    println!(
-        "{:<16} {:>10} {:>10} {:>12}",
-        "", "on", "off", "tracing adds"
-    );
+    let [a, b] = modes.names;
+    println!("{:<16} {a:>10} {b:>10} {:>12}", "", modes.difference);
     for (name, [on, off]) in &rows {
         println!(
             "{name:<16} {on:>7.0} µs {off:>7.0} µs {:>+9.0} µs",
@@ -146,7 +178,7 @@ fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2]) -> Option<serde_json::Va
     }
     Some(json!(
         rows.iter()
-            .map(|(name, [on, off])| (name.clone(), json!({"on": on, "off": off})))
+            .map(|(name, [on, off])| (name.clone(), json!({a: on, b: off})))
             .collect::<serde_json::Map<String, serde_json::Value>>()
     ))
 }
@@ -220,7 +252,9 @@ pub async fn run(
     requests: usize,
     concurrency: usize,
     rounds: usize,
+    calibrate: bool,
 ) -> Result<ExitCode> {
+    let modes = Modes::new(calibrate);
     let per_worker = per_worker(requests, concurrency, rounds)?;
     let measured = per_worker * concurrency * rounds;
     let left_out = if measured < requests {
@@ -232,19 +266,23 @@ pub async fn run(
         "tokentrail bench: {concurrency} workers, {rounds} rounds per mode, {} requests per round{left_out}",
         per_worker * concurrency
     );
-    let mut on_opts = StackOptions::new(&out.join("tracing-on"))?;
+    let [first, second] = modes.names;
+    let mut on_opts = StackOptions::new(&out.join(format!("tracing-{first}")))?;
     on_opts.forward_to = None;
-    let mut off_opts = StackOptions::new(&out.join("tracing-off"))?;
+    let mut off_opts = StackOptions::new(&out.join(format!("tracing-{second}")))?;
     off_opts.forward_to = None;
-    off_opts
-        .extra_env
-        .push(("OTEL_TRACES_SAMPLER".into(), "always_off".into()));
+    for (opts, traced) in [&mut on_opts, &mut off_opts].into_iter().zip(modes.traced) {
+        if !traced {
+            opts.extra_env
+                .push(("OTEL_TRACES_SAMPLER".into(), "always_off".into()));
+        }
+    }
     let on = Stack::start(&on_opts).await?;
     let off = Stack::start(&off_opts).await?;
     let telemetry = crate::stack::init_app_telemetry(&on.endpoints)?;
     let apps = [
-        (true, App::new(on.endpoints.clone())?),
-        (false, App::new(off.endpoints.clone())?),
+        (modes.traced[0], App::new(on.endpoints.clone())?),
+        (modes.traced[1], App::new(off.endpoints.clone())?),
     ];
     // Each stack has its own IdP, hence its own tokens.
     let mut tokens: [Vec<secrecy::SecretString>; 2] = [Vec::new(), Vec::new()];
@@ -287,7 +325,7 @@ pub async fn run(
     on.stop().await?;
     off.stop().await?;
     let mut results = Vec::new();
-    for (i, name) in [(0, "on"), (1, "off")] {
+    for (i, name) in modes.names.into_iter().enumerate() {
         lat[i].sort_by(|a, b| a.total_cmp(b));
         results.push(ModeResult {
             tracing: name,
@@ -305,16 +343,18 @@ pub async fn run(
         );
     }
     let ratio = results[0].throughput_rps / results[1].throughput_rps.max(1e-9);
-    println!("throughput with tracing on / off: {ratio:.3}");
-    let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()]);
+    println!("{}: {ratio:.3}", modes.ratio);
+    let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()], modes);
     let path = out.join("bench.json");
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&json!({
+            "calibrate": calibrate,
             "concurrency": concurrency,
             "rounds": rounds,
             "results": results,
-            "on_off_ratio": ratio,
+            "modes": modes.names,
+            "ratio": ratio,
             "cpu_us_per_request": cpu_us,
         }))?,
     )?;
@@ -325,6 +365,14 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_calibration_run_traces_neither_stack() {
+        assert_eq!(Modes::new(false).traced, [true, false]);
+        assert_eq!(Modes::new(false).names, ["on", "off"]);
+        assert_eq!(Modes::new(true).traced, [false, false]);
+        assert_eq!(Modes::new(true).names, ["off-a", "off-b"]);
+    }
 
     #[test]
     fn requests_share_out_over_workers_and_rounds() {

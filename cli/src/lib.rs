@@ -110,6 +110,10 @@ pub enum Command {
         /// Rounds per mode (alternating between modes).
         #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         rounds: usize,
+        /// Run both stacks untraced (an A/A run): the ratio then shows how far two identical
+        /// stacks differ on this machine, the resolution of an on/off comparison.
+        #[arg(long)]
+        calibrate: bool,
     },
     /// Start the stack, send a scripted mix of good and bad requests, print what happened.
     Demo {
@@ -427,7 +431,8 @@ pub fn main() -> ExitCode {
                 requests,
                 concurrency,
                 rounds,
-            } => bench::run(&out, requests, concurrency, rounds).await,
+                calibrate,
+            } => bench::run(&out, requests, concurrency, rounds, calibrate).await,
         }
     });
     match result {
