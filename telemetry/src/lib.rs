@@ -29,6 +29,8 @@ mod otlp_json;
 pub mod propagation;
 pub mod provenance;
 pub mod redact;
+#[cfg(test)]
+mod test_http;
 pub mod xray;
 
 pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};

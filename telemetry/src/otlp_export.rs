@@ -832,39 +832,7 @@ mod http_tests {
     /// takes the same buffer to encode into.
     #[test]
     fn the_blocking_client_gives_the_buffer_back() {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                    loop {
-                        let mut length = 0usize;
-                        loop {
-                            let mut line = String::new();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some(v) =
-                                line.to_ascii_lowercase().strip_prefix("content-length:")
-                            {
-                                length = v.trim().parse().expect("length");
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).expect("body");
-                        (&stream)
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .expect("answer");
-                    }
-                });
-            }
-        });
+        let port = crate::test_http::serve(|_| ("application/x-protobuf", String::new())).port();
         let e = std::thread::spawn(move || {
             let client = OtlpHttpExporter::blocking_client(Duration::from_secs(5)).expect("client");
             OtlpHttpExporter::new(

@@ -1264,56 +1264,25 @@ mod tests {
     /// A PutTraceSegments endpoint answering with `answers[n]` to the n-th call (then `{}`),
     /// recording the documents of each call.
     fn fake_xray(answers: Vec<Value>) -> (String, Arc<Mutex<Vec<Vec<String>>>>) {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = calls.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut out = stream;
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    let mut any = false;
-                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                        any = true;
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                        line.clear();
-                    }
-                    if !any {
-                        break;
-                    }
-                    let mut body = vec![0u8; length];
-                    reader.read_exact(&mut body).unwrap();
-                    let req: Value = serde_json::from_slice(&body).unwrap();
-                    let docs: Vec<String> = req["TraceSegmentDocuments"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|d| d.as_str().unwrap().to_owned())
-                        .collect();
-                    let n = {
-                        let mut c = seen.lock().unwrap();
-                        c.push(docs);
-                        c.len() - 1
-                    };
-                    let answer = answers.get(n).cloned().unwrap_or(json!({})).to_string();
-                    let _ = write!(
-                        out,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                }
-            }
+        let addr = crate::test_http::serve(move |body| {
+            let req: Value = serde_json::from_slice(body).unwrap();
+            let docs: Vec<String> = req["TraceSegmentDocuments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_owned())
+                .collect();
+            let n = {
+                let mut c = seen.lock().unwrap();
+                c.push(docs);
+                c.len() - 1
+            };
+            let answer = answers.get(n).cloned().unwrap_or(json!({})).to_string();
+            ("application/json", answer)
         });
+        let url = format!("http://{addr}");
         (url, calls)
     }
 
