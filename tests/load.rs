@@ -321,6 +321,39 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
         assert!((part("all hops") + part("app + collector") - part("everything")).abs() < 1e-6);
     }
     // The traced stack stored its spans; the untraced one none.
-    assert!(!support::traces(&out.join("tracing-on")).is_empty());
+    let first = support::traces(&out.join("tracing-on"));
+    assert!(!first.is_empty());
     assert!(support::traces(&out.join("tracing-off")).is_empty());
+    assert!(
+        stdout.contains("the next bench run replaces them"),
+        "{stdout}"
+    );
+
+    // A second run in the same directory starts from empty stores and logs (they would
+    // otherwise grow by every run), and leaves files it did not write alone.
+    let mine = out.join("tracing-on").join("notes.txt");
+    std::fs::write(&mine, "kept").unwrap();
+    run_ok(
+        &[
+            "bench",
+            "--requests",
+            "8",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "2",
+        ],
+        &out,
+    );
+    let second = support::traces(&out.join("tracing-on"));
+    assert!(!second.is_empty());
+    let again = second.keys().filter(|t| first.contains_key(*t)).count();
+    assert_eq!(
+        again, 0,
+        "traces of the first run kept in the second run's store"
+    );
+    let log = std::fs::read_to_string(out.join("tracing-on/logs/gateway.log")).unwrap();
+    assert_eq!(log.matches("\"listening\"").count(), 1, "{log}");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "kept");
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use local::collector::{METRICS_FILE, TRACES_FILE};
 use serde::Serialize;
 use serde_json::json;
 use telemetry::TraceContext;
@@ -266,10 +267,13 @@ pub async fn run(
         "tokentrail bench: {concurrency} workers, {rounds} rounds per mode, {} requests per round{left_out}",
         per_worker * concurrency
     );
-    let [first, second] = modes.names;
-    let mut on_opts = StackOptions::new(&out.join(format!("tracing-{first}")))?;
+    let dirs = modes.names.map(|name| out.join(format!("tracing-{name}")));
+    for dir in &dirs {
+        clear_previous_run(dir)?;
+    }
+    let mut on_opts = StackOptions::new(&dirs[0])?;
     on_opts.forward_to = None;
-    let mut off_opts = StackOptions::new(&out.join(format!("tracing-{second}")))?;
+    let mut off_opts = StackOptions::new(&dirs[1])?;
     off_opts.forward_to = None;
     for (opts, traced) in [&mut on_opts, &mut off_opts].into_iter().zip(modes.traced) {
         if !traced {
@@ -359,7 +363,58 @@ pub async fn run(
         }))?,
     )?;
     println!("results: {}", path.display());
+    for dir in &dirs {
+        let store = dir.join(TRACES_FILE);
+        let bytes = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
+        if bytes > 0 {
+            println!(
+                "spans: {} ({:.0} MB; the next bench run replaces them)",
+                store.display(),
+                bytes as f64 / 1e6
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Remove what an earlier bench run left in a stack's directory (its span and metrics stores,
+/// their audit index, its logs), as `bench.json` is replaced: the stores only ever grow, by
+/// ~250 MB of spans per 16000 traced requests, and this run's figures are about this run.
+/// Nothing else in the directory is touched.
+fn clear_previous_run(dir: &Path) -> Result<()> {
+    let traces = dir.join(TRACES_FILE);
+    let mut files = vec![
+        crate::audit_index::index_file(&traces),
+        traces,
+        dir.join(METRICS_FILE),
+    ];
+    match std::fs::read_dir(dir.join("logs")) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry
+                    .with_context(|| format!("cannot list {}", dir.join("logs").display()))?
+                    .path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    files.push(path);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("cannot list {}", dir.join("logs").display())),
+    }
+    for file in files {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).context(format!(
+                    "cannot remove {} left by an earlier bench run",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -98,7 +98,8 @@ pub enum Command {
     },
     /// Measure the chain's throughput and latency with tracing on and off, in the same run.
     Bench {
-        /// Where results (bench.json), telemetry and logs go.
+        /// Where results (bench.json), telemetry and logs go; each run replaces what the previous
+        /// bench run left there.
         #[arg(long, default_value = "tokentrail-out/bench")]
         out: PathBuf,
         /// Requests per mode (shared out evenly over workers and rounds).

@@ -41,17 +41,22 @@ impl std::fmt::Debug for Collector {
     }
 }
 
+/// The span store's file name in the collector's directory.
+pub const TRACES_FILE: &str = "traces.jsonl";
+/// The metrics store's file name in the collector's directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 impl Collector {
     /// Open (append) `dir/traces.jsonl`. `forward_to` is an OTLP/HTTP traces URL
     /// (`http://host:4318/v1/traces`).
     pub async fn open(dir: &Path, forward_to: Option<String>) -> std::io::Result<Arc<Self>> {
         tokio::fs::create_dir_all(dir).await?;
-        let path = dir.join("traces.jsonl");
+        let path = dir.join(TRACES_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)?;
-        let metrics_path = dir.join("metrics.jsonl");
+        let metrics_path = dir.join(METRICS_FILE);
         let metrics_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
