@@ -290,6 +290,14 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
         assert_eq!(r["requests"], 64, "{doc}");
         assert!(r["throughput_rps"].as_f64().expect("rps") > 0.0, "{doc}");
     }
+    // One ratio per pair of rounds, and the spread on the ratio line.
+    let pairs = doc["round_ratios"].as_array().expect("round_ratios");
+    assert_eq!(pairs.len(), 2, "{doc}");
+    assert!(
+        pairs.iter().all(|r| r.as_f64().is_some_and(|r| r > 0.0)),
+        "{doc}"
+    );
+    assert!(stdout.contains("(round by round: median "), "{stdout}");
     let cpu = &doc["cpu_us_per_request"];
     for row in [
         "runtime",

@@ -231,6 +231,32 @@ async fn round(
     Ok((started.elapsed(), all))
 }
 
+/// The ratio of each pair of rounds (round `k` of the first mode against round `k` of the
+/// second, run one after the other with the same requests): the first mode's throughput over
+/// the second's, which is the second's time over the first's.
+fn round_ratios(first: &[Duration], second: &[Duration]) -> Vec<f64> {
+    first
+        .iter()
+        .zip(second)
+        .map(|(a, b)| b.as_secs_f64() / a.as_secs_f64().max(1e-9))
+        .collect()
+}
+
+/// How far the pairs of rounds spread: ` (rounds: median M, L–H)`, or nothing for one pair.
+fn spread(pairs: &[f64]) -> String {
+    if pairs.len() < 2 {
+        return String::new();
+    }
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    format!(
+        " (round by round: median {:.3}, {:.3}–{:.3})",
+        crate::app::percentile(&sorted, 50.0),
+        sorted[0],
+        sorted[sorted.len() - 1]
+    )
+}
+
 /// Requests each worker sends per round: every worker sends at least one in every round, and a
 /// remainder that does not share out evenly is left out (the table counts what was measured).
 fn per_worker(requests: usize, concurrency: usize, rounds: usize) -> Result<usize> {
@@ -308,6 +334,7 @@ pub async fn run(
         round(app, &tokens[i], 5, *sampled).await?;
     }
     let mut time = [Duration::ZERO; 2];
+    let mut round_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let meter = CpuMeter::new([&on, &off]);
     let mut cpu = [ModeCpu::default(), ModeCpu::default()];
@@ -318,6 +345,7 @@ pub async fn run(
             let before = meter.read(i);
             let (t, l) = round(app, &tokens[i], per_worker, *sampled).await?;
             time[i] += t;
+            round_times[i].push(t);
             lat[i].extend(l);
             // Let the batch exporters drain (OTEL_BSP_SCHEDULE_DELAY is 200 ms in the stack) so
             // one mode's exports do not run during the other mode's round.
@@ -347,7 +375,8 @@ pub async fn run(
         );
     }
     let ratio = results[0].throughput_rps / results[1].throughput_rps.max(1e-9);
-    println!("{}: {ratio:.3}", modes.ratio);
+    let pairs = round_ratios(&round_times[0], &round_times[1]);
+    println!("{}: {ratio:.3}{}", modes.ratio, spread(&pairs));
     let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()], modes);
     let path = out.join("bench.json");
     std::fs::write(
@@ -359,6 +388,7 @@ pub async fn run(
             "results": results,
             "modes": modes.names,
             "ratio": ratio,
+            "round_ratios": pairs,
             "cpu_us_per_request": cpu_us,
         }))?,
     )?;
@@ -427,6 +457,19 @@ mod tests {
         assert_eq!(Modes::new(false).names, ["on", "off"]);
         assert_eq!(Modes::new(true).traced, [false, false]);
         assert_eq!(Modes::new(true).names, ["off-a", "off-b"]);
+    }
+
+    #[test]
+    fn each_pair_of_rounds_gives_a_ratio_and_the_spread_shows_median_and_range() {
+        let ms = Duration::from_millis;
+        // The first mode took 1.0, 1.25 and 2.0 s where the second took 1.0 s each time.
+        let pairs = round_ratios(&[ms(1000), ms(1250), ms(2000)], &[ms(1000); 3]);
+        assert_eq!(pairs, vec![1.0, 0.8, 0.5]);
+        assert_eq!(
+            spread(&pairs),
+            " (round by round: median 0.800, 0.500–1.000)"
+        );
+        assert_eq!(spread(&pairs[..1]), "");
     }
 
     #[test]
