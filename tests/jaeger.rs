@@ -78,15 +78,7 @@ async fn demo_request_is_one_trace_in_jaeger() {
     telemetry.flush(Duration::from_secs(5)).await;
     stack.stop().await.expect("stop");
 
-    let services = [
-        "app",
-        "idp",
-        "runtime",
-        "agent",
-        "gateway",
-        "interceptor",
-        "target",
-    ];
+    let services = support::PASSTHROUGH_SERVICES;
     let v = fetch_trace(jaeger.query, &r.trace_id, &services).await;
     let trace = &v["data"][0];
     assert_eq!(

@@ -138,13 +138,7 @@ fn run_ok(args: &[&str], out: &std::path::Path) -> String {
         .arg(out)
         .output()
         .expect("tokentrail runs");
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    stdout
+    support::succeeded(&run)
 }
 
 fn load_with(out: &std::path::Path, args: &[&str]) -> Value {

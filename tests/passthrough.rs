@@ -86,15 +86,7 @@ async fn passthrough_chain_end_to_end() {
         match &r.outcome {
             Outcome::Ok => {
                 let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
-                for svc in [
-                    "app",
-                    "idp",
-                    "runtime",
-                    "agent",
-                    "gateway",
-                    "interceptor",
-                    "target",
-                ] {
+                for svc in support::PASSTHROUGH_SERVICES {
                     assert!(
                         services.contains(svc),
                         "{svc} missing from {}: {services:?}",

@@ -25,13 +25,7 @@ fn demo(out: &Path) -> String {
         .env("TOKENTRAIL_EMF", "on")
         .output()
         .expect("demo runs");
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    stdout
+    support::succeeded(&run)
 }
 
 fn is_png(path: &Path) -> bool {
@@ -78,12 +72,7 @@ fn the_demo_report_renders_in_chromium_with_both_patterns_in_every_panel() {
         .arg(&shot)
         .output()
         .expect("node runs");
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    support::succeeded(&run);
     let dom: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(dom["consoleErrors"], serde_json::json!([]), "{dom}");
     assert_eq!(dom["pageErrors"], serde_json::json!([]), "{dom}");
@@ -148,12 +137,7 @@ fn the_demo_report_renders_in_chromium_with_both_patterns_in_every_panel() {
         .arg(out.join("linked.html"))
         .output()
         .expect("report runs");
-    let printed = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let printed = support::succeeded(&run);
     assert!(printed.contains("screenshot: "), "{printed}");
     assert!(is_png(&out.join("linked.png")));
     let linked = std::fs::read_to_string(out.join("linked.html")).unwrap();

@@ -25,6 +25,29 @@ pub fn bin() -> PathBuf {
     bin
 }
 
+/// Every service a valid passthrough request's trace holds a span of.
+pub const PASSTHROUGH_SERVICES: [&str; 7] = [
+    "app",
+    "idp",
+    "runtime",
+    "agent",
+    "gateway",
+    "interceptor",
+    "target",
+];
+
+/// The stdout of a command that must have succeeded (else the test fails showing stdout and
+/// stderr).
+pub fn succeeded(run: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}
+
 /// A fresh temporary directory.
 pub fn tempdir(name: &str) -> PathBuf {
     let nonce: u64 = std::time::SystemTime::now()

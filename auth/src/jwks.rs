@@ -192,25 +192,25 @@ impl JwksCache {
 
     /// The key for `kid`, refetching once if it is unknown.
     pub async fn key(&self, kid: &str) -> Result<CachedKey, AuthError> {
-        if let Some(k) = self.cached(kid) {
-            return Ok(k);
-        }
-        if self.negatively_cached(kid) {
-            return Err(AuthError::new(
-                FailureReason::UnknownKid,
-                "kid unknown to the issuer (cached)",
-            ));
+        // What the cache already says: the key, or that the issuer does not know `kid`.
+        let known = || {
+            if let Some(k) = self.cached(kid) {
+                return Some(Ok(k));
+            }
+            self.negatively_cached(kid).then(|| {
+                Err(AuthError::new(
+                    FailureReason::UnknownKid,
+                    "kid unknown to the issuer (cached)",
+                ))
+            })
+        };
+        if let Some(answer) = known() {
+            return answer;
         }
         let _flight = self.single_flight.lock().await;
         // Another task may have fetched while we waited.
-        if let Some(k) = self.cached(kid) {
-            return Ok(k);
-        }
-        if self.negatively_cached(kid) {
-            return Err(AuthError::new(
-                FailureReason::UnknownKid,
-                "kid unknown to the issuer (cached)",
-            ));
+        if let Some(answer) = known() {
+            return answer;
         }
         let recently = self
             .state

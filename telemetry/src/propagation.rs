@@ -198,37 +198,28 @@ pub trait StringMap {
     fn put(&mut self, key: String, value: String);
 }
 
-impl StringMap for HashMap<String, String> {
-    fn get_ci(&self, key: &str) -> Option<&str> {
-        self.get(key).map(String::as_str).or_else(|| {
-            self.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.as_str())
-        })
-    }
-    fn key_list(&self) -> Vec<&str> {
-        self.keys().map(String::as_str).collect()
-    }
-    fn put(&mut self, key: String, value: String) {
-        self.insert(key, value);
-    }
+/// The same implementation for both string maps (their APIs match).
+macro_rules! string_map {
+    ($($map:ty),*) => {$(
+        impl StringMap for $map {
+            fn get_ci(&self, key: &str) -> Option<&str> {
+                self.get(key).map(String::as_str).or_else(|| {
+                    self.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                        .map(|(_, v)| v.as_str())
+                })
+            }
+            fn key_list(&self) -> Vec<&str> {
+                self.keys().map(String::as_str).collect()
+            }
+            fn put(&mut self, key: String, value: String) {
+                self.insert(key, value);
+            }
+        }
+    )*};
 }
 
-impl StringMap for BTreeMap<String, String> {
-    fn get_ci(&self, key: &str) -> Option<&str> {
-        self.get(key).map(String::as_str).or_else(|| {
-            self.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.as_str())
-        })
-    }
-    fn key_list(&self) -> Vec<&str> {
-        self.keys().map(String::as_str).collect()
-    }
-    fn put(&mut self, key: String, value: String) {
-        self.insert(key, value);
-    }
-}
+string_map!(HashMap<String, String>, BTreeMap<String, String>);
 
 struct MapExtractor<'a, M: StringMap>(&'a M);
 impl<M: StringMap> Extractor for MapExtractor<'_, M> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use auth::{IssuerPolicy, JwksCache, JwksConfig, Verifier};
 pub use lambda_front::env::ConfigError;
-use lambda_front::env::{list, number, opt, region, required, sts_endpoint};
+use lambda_front::env::{list, number, opt, pattern, region, required, sts_endpoint};
 use telemetry::Pattern;
 
 use crate::broker_client::BrokerSettings;
@@ -42,10 +42,7 @@ impl InterceptorConfig {
     /// From `TOKENTRAIL_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
         let issuer = required("TOKENTRAIL_ISSUER")?;
-        let pattern = Pattern::from_env().map_err(|e| ConfigError::Invalid {
-            name: telemetry::attrs::PATTERN_ENV,
-            reason: e.to_string(),
-        })?;
+        let pattern = pattern()?;
         let audiences = list("TOKENTRAIL_INTERCEPTOR_AUDIENCES");
         let broker = match pattern {
             Pattern::Passthrough => None,

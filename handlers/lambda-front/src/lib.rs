@@ -123,6 +123,14 @@ pub mod env {
         }
     }
 
+    /// The pattern this deployment serves, from `TOKENTRAIL_PATTERN` (passthrough when unset).
+    pub fn pattern() -> Result<telemetry::Pattern, ConfigError> {
+        telemetry::Pattern::from_env().map_err(|e| ConfigError::Invalid {
+            name: telemetry::attrs::PATTERN_ENV,
+            reason: e.to_string(),
+        })
+    }
+
     /// A comma-separated list (empty when unset).
     pub fn list(name: &str) -> Vec<String> {
         opt(name)

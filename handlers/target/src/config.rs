@@ -8,7 +8,7 @@
 
 use auth::{IssuerPolicy, JwksCache, JwksConfig, Verifier};
 pub use lambda_front::env::ConfigError;
-use lambda_front::env::{list, opt, required};
+use lambda_front::env::{list, opt, pattern, required};
 use telemetry::Pattern;
 
 /// Target configuration.
@@ -38,10 +38,7 @@ impl TargetConfig {
     /// From `TOKENTRAIL_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
         let issuer = required("TOKENTRAIL_ISSUER")?;
-        let pattern = Pattern::from_env().map_err(|e| ConfigError::Invalid {
-            name: telemetry::attrs::PATTERN_ENV,
-            reason: e.to_string(),
-        })?;
+        let pattern = pattern()?;
         let mut accept = list("TOKENTRAIL_TARGET_ACCEPT");
         if accept.is_empty() {
             accept.push(match pattern {
