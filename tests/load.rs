@@ -321,6 +321,10 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
             .sum();
         assert!((hops - part("all hops")).abs() < 1e-6, "{doc}");
         assert!((part("all hops") + part("app + collector") - part("everything")).abs() < 1e-6);
+        // The hops' CPU split into serving requests and their export threads.
+        assert!(part("all hops: exporting") >= 0.0, "{doc}");
+        let split = part("all hops: serving") + part("all hops: exporting");
+        assert!((split - part("all hops")).abs() < 1e-6, "{doc}");
     }
     // The traced stack stored its spans; the untraced one none.
     let first = support::traces(&out.join("tracing-on"));

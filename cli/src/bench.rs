@@ -70,22 +70,63 @@ pub struct ModeResult {
 /// architecture).
 const USER_HZ: u64 = 100;
 
+/// User + system ticks in the text of a `/proc/.../stat` file.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // The fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the twelfth, stime the thirteenth.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 1000 / USER_HZ)
+}
+
 /// CPU time (user + system, every thread, exited ones included) a process has used, from
 /// `/proc/<pid>/stat`; `None` without procfs.
 fn cpu_time(pid: &str) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may hold spaces: state is
-    // the first, utime the twelfth, stime the thirteenth.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+    stat_ticks(&stat).map(ticks_to_duration)
 }
 
-/// CPU used by one mode: each hop of its stack, and this process (the app and the collectors).
+/// Whether a thread (by its name, as `/proc` shows it: at most 15 bytes) is one of the
+/// telemetry SDK's background threads: the batch span processor, the metrics reader and the
+/// blocking HTTP client the exporters post with. Everything else in a hop serves requests.
+fn is_export_thread(comm: &str) -> bool {
+    comm.starts_with("OpenTelemetry") || comm.starts_with("reqwest-intern")
+}
+
+/// CPU time of a process's live export threads (see [`is_export_thread`]).
+fn export_threads_cpu(pid: &str) -> Option<Duration> {
+    let mut ticks = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        // A thread may end between the listing and the reads: it counts for nothing then.
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if is_export_thread(comm.trim_end()) {
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+            ticks += stat_ticks(&stat).unwrap_or(0);
+        }
+    }
+    Some(ticks_to_duration(ticks))
+}
+
+/// CPU used by one mode: each hop of its stack, the hops' export threads together, and this
+/// process (the app and the collectors).
 #[derive(Debug, Default)]
 struct ModeCpu {
     hops: Vec<(&'static str, Duration)>,
+    hop_exports: Duration,
     this_process: Duration,
+}
+
+/// One reading of a mode's CPU times.
+struct Reading {
+    this: Duration,
+    hops: Vec<Duration>,
+    hop_exports: Duration,
 }
 
 /// Reads the CPU time of both stacks' hops and of this process.
@@ -105,29 +146,39 @@ impl CpuMeter {
         }
     }
 
-    /// `(this process, each hop of stack `mode`)`, or `None` without procfs.
-    fn read(&self, mode: usize) -> Option<(Duration, Vec<Duration>)> {
+    /// This process and each hop of stack `mode`, or `None` without procfs.
+    fn read(&self, mode: usize) -> Option<Reading> {
         let this = cpu_time("self")?;
         let hops = self.hops[mode]
             .iter()
             .map(|(_, pid)| cpu_time(pid))
             .collect::<Option<Vec<_>>>()?;
-        Some((this, hops))
+        let hop_exports = self.hops[mode]
+            .iter()
+            .filter(|(name, _)| *name != "idp")
+            .map(|(_, pid)| export_threads_cpu(pid))
+            .sum::<Option<Duration>>()?;
+        Some(Reading {
+            this,
+            hops,
+            hop_exports,
+        })
     }
 
     /// Add what mode `mode` used between `before` and now.
-    fn add(&self, mode: usize, before: Option<(Duration, Vec<Duration>)>, into: &mut ModeCpu) {
-        let (Some((this0, hops0)), Some((this1, hops1))) = (before, self.read(mode)) else {
+    fn add(&self, mode: usize, before: Option<Reading>, into: &mut ModeCpu) {
+        let (Some(r0), Some(r1)) = (before, self.read(mode)) else {
             return;
         };
-        into.this_process += this1.saturating_sub(this0);
+        into.this_process += r1.this.saturating_sub(r0.this);
+        into.hop_exports += r1.hop_exports.saturating_sub(r0.hop_exports);
         if into.hops.is_empty() {
             into.hops = self.hops[mode]
                 .iter()
                 .map(|(name, _)| (*name, Duration::ZERO))
                 .collect();
         }
-        for ((_, total), (a, b)) in into.hops.iter_mut().zip(hops0.iter().zip(&hops1)) {
+        for ((_, total), (a, b)) in into.hops.iter_mut().zip(r0.hops.iter().zip(&r1.hops)) {
             *total += b.saturating_sub(*a);
         }
     }
@@ -137,6 +188,10 @@ impl CpuMeter {
 fn per_request(d: Duration, requests: usize) -> f64 {
     d.as_secs_f64() * 1e6 / requests.max(1) as f64
 }
+
+/// Rows of the CPU table that split "all hops".
+const HOPS_SERVING: &str = "  serving";
+const HOPS_EXPORTING: &str = "  exporting";
 
 /// The table of CPU per request, tracing on vs off, and its JSON.
 fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2], modes: Modes) -> Option<serde_json::Value> {
@@ -163,6 +218,10 @@ fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2], modes: Modes) -> Option<
     rows.sort_by_key(|(name, _)| chain.iter().position(|h| h == name));
     let hops = [0, 1].map(|i| rows.iter().map(|(_, v)| v[i]).sum::<f64>());
     rows.push(("all hops".into(), hops));
+    // Where the hops' CPU went: their export threads, and everything else (the requests).
+    let exports = [0, 1].map(|i| per_request(cpu[i].hop_exports, requests[i]));
+    rows.push((HOPS_SERVING.into(), [0, 1].map(|i| hops[i] - exports[i])));
+    rows.push((HOPS_EXPORTING.into(), exports));
     let this = [0, 1].map(|i| per_request(cpu[i].this_process, requests[i]));
     rows.push(("app + collector".into(), this));
     rows.push(("everything".into(), [0, 1].map(|i| hops[i] + this[i])));
@@ -179,7 +238,14 @@ fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2], modes: Modes) -> Option<
     }
     Some(json!(
         rows.iter()
-            .map(|(name, [on, off])| (name.clone(), json!({a: on, b: off})))
+            .map(|(name, [on, off])| {
+                // The split rows are indented in the table; in the JSON they name their total.
+                let key = match name.strip_prefix("  ") {
+                    Some(part) => format!("all hops: {part}"),
+                    None => name.clone(),
+                };
+                (key, json!({a: on, b: off}))
+            })
             .collect::<serde_json::Map<String, serde_json::Value>>()
     ))
 }
@@ -457,6 +523,29 @@ mod tests {
         assert_eq!(Modes::new(false).names, ["on", "off"]);
         assert_eq!(Modes::new(true).traced, [false, false]);
         assert_eq!(Modes::new(true).names, ["off-a", "off-b"]);
+    }
+
+    #[test]
+    fn stat_ticks_are_user_plus_system_after_the_command_name() {
+        // A thread name with a space and a parenthesis must not shift the fields.
+        let stat = "4242 (OpenTelemetry.T) S 1 2 3 4 5 6 7 8 9 10 250 40 0 0 20 0 8 0 100";
+        assert_eq!(stat_ticks(stat), Some(290));
+        assert_eq!(
+            stat_ticks("4242 (a) b) S 1 2 3 4 5 6 7 8 9 10 7 3"),
+            Some(10)
+        );
+        assert_eq!(stat_ticks("4242 (truncated) S 1 2"), None);
+        assert_eq!(ticks_to_duration(290), Duration::from_millis(2900));
+    }
+
+    #[test]
+    fn export_threads_are_the_sdks_and_its_http_clients() {
+        for comm in ["OpenTelemetry.T", "OpenTelemetry.M", "reqwest-interna"] {
+            assert!(is_export_thread(comm), "{comm}");
+        }
+        for comm in ["tokio-rt-worker", "tokentrail", "tokio-runtime-w"] {
+            assert!(!is_export_thread(comm), "{comm}");
+        }
     }
 
     #[test]
