@@ -50,7 +50,7 @@ pub struct Indexed {
 /// The store file of a store path (a directory holding `traces.jsonl`, or the file).
 pub fn store_file(store: &Path) -> PathBuf {
     if store.is_dir() {
-        store.join("traces.jsonl")
+        store.join(local::collector::TRACES_FILE)
     } else {
         store.to_owned()
     }
@@ -61,7 +61,7 @@ pub fn index_file(file: &Path) -> PathBuf {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "traces.jsonl".into());
+        .unwrap_or_else(|| local::collector::TRACES_FILE.into());
     file.with_file_name(format!(".{name}.audit-index.json"))
 }
 

@@ -100,8 +100,10 @@ fn is_export_thread(comm: &str) -> bool {
 fn export_threads_cpu(pid: &str) -> Option<Duration> {
     let mut ticks = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let task = task.ok()?.path();
         // A thread may end between the listing and the reads: it counts for nothing then.
+        let Ok(task) = task.map(|t| t.path()) else {
+            continue;
+        };
         let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
             continue;
         };
@@ -308,7 +310,8 @@ fn round_ratios(first: &[Duration], second: &[Duration]) -> Vec<f64> {
         .collect()
 }
 
-/// How far the pairs of rounds spread: ` (rounds: median M, L–H)`, or nothing for one pair.
+/// How far the pairs of rounds spread: ` (round by round: median M, L–H)`, or nothing for one
+/// pair.
 fn spread(pairs: &[f64]) -> String {
     if pairs.len() < 2 {
         return String::new();
@@ -475,7 +478,7 @@ pub async fn run(
 
 /// Remove what an earlier bench run left in a stack's directory (its span and metrics stores,
 /// their audit index, its logs), as `bench.json` is replaced: the stores only ever grow, by
-/// ~250 MB of spans per 16000 traced requests, and this run's figures are about this run.
+/// ~210 MB of spans per 16000 traced requests, and this run's figures are about this run.
 /// Nothing else in the directory is touched.
 fn clear_previous_run(dir: &Path) -> Result<()> {
     let traces = dir.join(TRACES_FILE);

@@ -440,12 +440,12 @@ pub async fn run(
             r.message
         );
     }
-    let spans = telemetry::otlp::read_store(&out.join("traces.jsonl"))
+    let spans = telemetry::otlp::read_store(&out.join(local::collector::TRACES_FILE))
         .map(|s| s.len())
         .unwrap_or(0);
     println!(
         "  telemetry: {spans} spans in {}, logs in {}",
-        out.join("traces.jsonl").display(),
+        out.join(local::collector::TRACES_FILE).display(),
         out.join("logs").display()
     );
     // The comparison page, written before the leak scan so the scan covers it too.

@@ -885,7 +885,7 @@ async fn drive(
         "stack_faults": stack_faults,
         "collector_refused_exports": plan.collector.as_ref().map(|c| c.refused_count()),
         "patterns": patterns,
-        "store": opts.out.join("traces.jsonl"),
+        "store": opts.out.join(local::collector::TRACES_FILE),
     }))
 }
 

@@ -408,7 +408,7 @@ impl Stack {
                 "{}=none would leave the local stack's span store ({}) empty: unset it \
                  (OTEL_TRACES_SAMPLER=always_off is how the stack runs without tracing)",
                 telemetry::TRACES_EXPORTER_ENV,
-                opts.out.join("traces.jsonl").display()
+                opts.out.join(local::collector::TRACES_FILE).display()
             );
         }
         if telemetry::sdk_disabled_from_env()? {
@@ -417,7 +417,7 @@ impl Stack {
                  store ({}) empty: unset it (OTEL_TRACES_SAMPLER=always_off is how the stack runs \
                  without tracing; `tokentrail serve <hop>` honours it)",
                 telemetry::SDK_DISABLED_ENV,
-                opts.out.join("traces.jsonl").display()
+                opts.out.join(local::collector::TRACES_FILE).display()
             );
         }
         // A value the hops would refuse stops them all at start: refuse it here, once.
