@@ -361,5 +361,26 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
     let log = std::fs::read_to_string(out.join("tracing-on/logs/gateway.log")).unwrap();
     assert_eq!(log.matches("\"listening\"").count(), 1, "{log}");
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "kept");
+
+    // A calibration run (two untraced stacks in their own directories) clears the traced
+    // stack's directory too: the bench directory then holds that run alone.
+    let stdout = run_ok(
+        &[
+            "bench",
+            "--requests",
+            "8",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "2",
+            "--calibrate",
+        ],
+        &out,
+    );
+    assert!(stdout.contains("this machine's noise"), "{stdout}");
+    assert!(!out.join("tracing-on/traces.jsonl").exists());
+    assert!(!out.join("tracing-on/logs/gateway.log").exists());
+    assert!(out.join("tracing-off-a/logs/gateway.log").exists());
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "kept");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -362,9 +362,13 @@ pub async fn run(
         "tokentrail bench: {concurrency} workers, {rounds} rounds per mode, {} requests per round{left_out}",
         per_worker * concurrency
     );
-    let dirs = modes.names.map(|name| out.join(format!("tracing-{name}")));
-    for dir in &dirs {
-        clear_previous_run(dir)?;
+    let dir_of = |name: &str| out.join(format!("tracing-{name}"));
+    let dirs = modes.names.map(dir_of);
+    // What any earlier run left, calibration or not, so the directory holds this run alone.
+    for calibrate in [false, true] {
+        for name in Modes::new(calibrate).names {
+            clear_previous_run(&dir_of(name))?;
+        }
     }
     let mut on_opts = StackOptions::new(&dirs[0])?;
     on_opts.forward_to = None;
