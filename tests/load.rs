@@ -339,8 +339,8 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
     // otherwise grow by every run), and leaves files it did not write alone.
     let mine = out.join("tracing-on").join("notes.txt");
     std::fs::write(&mine, "kept").unwrap();
-    run_ok(
-        &[
+    let small_bench = |extra: &[&str]| {
+        let small = [
             "bench",
             "--requests",
             "8",
@@ -348,9 +348,10 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
             "2",
             "--rounds",
             "2",
-        ],
-        &out,
-    );
+        ];
+        run_ok(&[&small[..], extra].concat(), &out)
+    };
+    small_bench(&[]);
     let second = support::traces(&out.join("tracing-on"));
     assert!(!second.is_empty());
     let again = second.keys().filter(|t| first.contains_key(*t)).count();
@@ -364,19 +365,7 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
 
     // A calibration run (two untraced stacks in their own directories) clears the traced
     // stack's directory too: the bench directory then holds that run alone.
-    let stdout = run_ok(
-        &[
-            "bench",
-            "--requests",
-            "8",
-            "--concurrency",
-            "2",
-            "--rounds",
-            "2",
-            "--calibrate",
-        ],
-        &out,
-    );
+    let stdout = small_bench(&["--calibrate"]);
     assert!(stdout.contains("this machine's noise"), "{stdout}");
     assert!(!out.join("tracing-on/traces.jsonl").exists());
     assert!(!out.join("tracing-on/logs/gateway.log").exists());
