@@ -365,8 +365,8 @@ pub async fn run(
     let dir_of = |name: &str| out.join(format!("tracing-{name}"));
     let dirs = modes.names.map(dir_of);
     // What any earlier run left, calibration or not, so the directory holds this run alone.
-    for calibrate in [false, true] {
-        for name in Modes::new(calibrate).names {
+    for any_kind in [false, true] {
+        for name in Modes::new(any_kind).names {
             clear_previous_run(&dir_of(name))?;
         }
     }
@@ -406,7 +406,6 @@ pub async fn run(
     for (i, (sampled, app)) in apps.iter().enumerate() {
         round(app, &tokens[i], 5, *sampled).await?;
     }
-    let mut time = [Duration::ZERO; 2];
     let mut round_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let meter = CpuMeter::new([&on, &off]);
@@ -417,7 +416,6 @@ pub async fn run(
             let (sampled, app) = &apps[i];
             let before = meter.read(i);
             let (t, l) = round(app, &tokens[i], per_worker, *sampled).await?;
-            time[i] += t;
             round_times[i].push(t);
             lat[i].extend(l);
             // Let the batch exporters drain (OTEL_BSP_SCHEDULE_DELAY is 200 ms in the stack) so
@@ -432,10 +430,11 @@ pub async fn run(
     let mut results = Vec::new();
     for (i, name) in modes.names.into_iter().enumerate() {
         lat[i].sort_by(|a, b| a.total_cmp(b));
+        let time: Duration = round_times[i].iter().sum();
         results.push(ModeResult {
             tracing: name,
             requests: lat[i].len(),
-            throughput_rps: lat[i].len() as f64 / time[i].as_secs_f64().max(1e-9),
+            throughput_rps: lat[i].len() as f64 / time.as_secs_f64().max(1e-9),
             p50_ms: crate::app::percentile(&lat[i], 50.0),
             p99_ms: crate::app::percentile(&lat[i], 99.0),
         });
