@@ -129,6 +129,11 @@ async fn broker_chain_end_to_end() {
 
     // The traces.
     let traces = support::traces(&out);
+    assert_eq!(
+        support::repeated_attribute_keys(&out),
+        Vec::<String>::new(),
+        "spans recording an attribute twice"
+    );
     for r in &results {
         let trace = traces.get(&r.trace_id).expect("trace stored");
         let ids: BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();

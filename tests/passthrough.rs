@@ -56,6 +56,11 @@ async fn passthrough_chain_end_to_end() {
     telemetry.flush(Duration::from_secs(5)).await;
     stack.stop().await.expect("stack stops");
     let traces = support::traces(&out);
+    assert_eq!(
+        support::repeated_attribute_keys(&out),
+        Vec::<String>::new(),
+        "spans recording an attribute twice"
+    );
 
     for (case, r) in &results {
         let trace = traces

@@ -3,7 +3,7 @@
 
 pub mod broker_env;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -188,6 +188,43 @@ pub fn traces(out: &Path) -> BTreeMap<String, Vec<StoredSpan>> {
         by.entry(s.trace_id.clone()).or_default().push(s);
     }
     by
+}
+
+/// Every span of the store that records an attribute key more than once, as
+/// `service/span name: key`. OTLP wants keys unique within a span (the SDK does not check), and a
+/// reader that keeps one value per key would silently pick one of two.
+pub fn repeated_attribute_keys(out: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join("traces.jsonl")).expect("store readable");
+    let mut found = Vec::new();
+    let list = |v: &serde_json::Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
+    for line in text.lines() {
+        let export: serde_json::Value = serde_json::from_str(line).expect("store line is JSON");
+        for rs in list(&export, "resourceSpans") {
+            let service = list(&rs["resource"], "attributes")
+                .iter()
+                .find(|a| a["key"] == "service.name")
+                .and_then(|a| a["value"]["stringValue"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            for span in list(&rs, "scopeSpans")
+                .iter()
+                .flat_map(|ss| list(ss, "spans"))
+            {
+                let mut seen = BTreeSet::new();
+                for a in list(&span, "attributes") {
+                    let key = a["key"].as_str().unwrap_or_default().to_owned();
+                    if !seen.insert(key.clone()) {
+                        found.push(format!(
+                            "{service}/{}: {key}",
+                            span["name"].as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// The hop span named `hop` in a trace.

@@ -509,11 +509,10 @@ async fn token(
         }
     };
     if let Ok(parsed) = serde_json::from_value::<auth::Claims>(claims) {
-        span.credential(&CredentialProvenance::verified(
-            kind,
-            &token,
-            parsed.summary(None, Some("RS256")),
-        ));
+        let mut summary = parsed.summary(None, Some("RS256"));
+        // Recorded as soon as the client was known (so a refusal shows it too): once is enough.
+        summary.client_id = None;
+        span.credential(&CredentialProvenance::verified(kind, &token, summary));
     }
     span.ok();
     (
