@@ -410,6 +410,7 @@ pub async fn run(
     let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let meter = CpuMeter::new([&on, &off]);
     let mut cpu = [ModeCpu::default(), ModeCpu::default()];
+    let drain = crate::stack::span_export_delay() + Duration::from_millis(300);
     for r in 0..rounds {
         let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -418,9 +419,9 @@ pub async fn run(
             let (t, l) = round(app, &tokens[i], per_worker, *sampled).await?;
             round_times[i].push(t);
             lat[i].extend(l);
-            // Let the batch exporters drain (OTEL_BSP_SCHEDULE_DELAY is 200 ms in the stack) so
-            // one mode's exports do not run during the other mode's round.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Let the batch exporters drain so one mode's exports do not run during the other
+            // mode's round.
+            tokio::time::sleep(drain).await;
             meter.add(i, before, &mut cpu[i]);
         }
     }

@@ -309,6 +309,24 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
+const SPAN_DELAY_ENV: &str = "OTEL_BSP_SCHEDULE_DELAY";
+const STACK_SPAN_DELAY_MS: u64 = 200;
+
+/// How long a hop of the local stack may hold an ended span before exporting it: the caller's
+/// `OTEL_BSP_SCHEDULE_DELAY`, 200 ms when unset, the SDK's 5 s when it is not a number of
+/// milliseconds (what the SDK does with it).
+pub fn span_export_delay() -> Duration {
+    span_export_delay_of(std::env::var(SPAN_DELAY_ENV).ok().as_deref())
+}
+
+fn span_export_delay_of(value: Option<&str>) -> Duration {
+    let ms = match value {
+        None => STACK_SPAN_DELAY_MS,
+        Some(v) => v.parse().unwrap_or(5000),
+    };
+    Duration::from_millis(ms)
+}
+
 async fn spawn_hop(
     opts: &StackOptions,
     hop: HopName,
@@ -341,6 +359,11 @@ async fn spawn_hop(
     // caller chose an interval; stopping a hop exports what is left.
     if std::env::var_os("OTEL_METRIC_EXPORT_INTERVAL").is_none() {
         cmd.env("OTEL_METRIC_EXPORT_INTERVAL", "5000");
+    }
+    // Spans reach the store within a fifth of a second (the SDK's default is 5 s), unless the
+    // caller chose a delay.
+    if std::env::var_os(SPAN_DELAY_ENV).is_none() {
+        cmd.env(SPAN_DELAY_ENV, STACK_SPAN_DELAY_MS.to_string());
     }
     cmd.envs(env);
     let mut child = cmd
@@ -454,7 +477,6 @@ impl Stack {
         );
         env.insert(telemetry::fingerprint::KEY_ENV.to_owned(), hex::encode(key));
         env.insert("TOKENTRAIL_STOP_ON_STDIN_EOF".to_owned(), "1".to_owned());
-        env.insert("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned());
         env.extend(opts.extra_env.iter().cloned());
         // The parent's own fingerprints must match the children's.
         telemetry::fingerprint::install_key(&secrecy::SecretString::from(hex::encode(key)));
@@ -764,4 +786,18 @@ pub async fn up(out: &Path, pattern: Pattern) -> Result<()> {
     crate::serve::interrupt_or_terminate().await;
     println!("stopping…");
     stack.stop().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_span_export_delay_is_the_callers_else_the_stacks() {
+        assert_eq!(span_export_delay_of(None), Duration::from_millis(200));
+        assert_eq!(span_export_delay_of(Some("1000")), Duration::from_secs(1));
+        assert_eq!(span_export_delay_of(Some(" 50 ")), Duration::from_secs(5));
+        // What the SDK does with a value it cannot read: its default.
+        assert_eq!(span_export_delay_of(Some("soon")), Duration::from_secs(5));
+    }
 }
