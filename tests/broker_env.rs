@@ -109,7 +109,7 @@ impl BrokerEnv {
     /// moto at `endpoint`: the secret is created with the real Secrets Manager client under a
     /// name unique to this run.
     pub async fn moto(endpoint: &str) -> Self {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let config = telemetry::aws_http::config_loader()
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(endpoint)
             .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(

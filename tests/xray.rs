@@ -226,7 +226,7 @@ async fn demo_traces_in_xray_and_jaeger_audit_the_same() {
                 && spans.iter().any(|s| s.attr_str("enduser.id").is_some())
         })
         .expect("a broker request that reached the target");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = telemetry::aws_http::config_loader()
         .endpoint_url(&moto)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_credential_types::Credentials::new(

@@ -293,7 +293,7 @@ pub struct XrayTarget {
 }
 
 async fn xray_client(target: &XrayTarget) -> aws_sdk_xray::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = telemetry::aws_http::config_loader();
     if let Some(r) = &target.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }

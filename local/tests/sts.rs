@@ -37,6 +37,7 @@ async fn start() -> String {
 fn client(endpoint: &str, key: &str, secret: &str, token: Option<&str>) -> aws_sdk_sts::Client {
     let conf = aws_sdk_sts::Config::builder()
         .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .http_client(telemetry::aws_http::client())
         .region(aws_sdk_sts::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sts::config::Credentials::new(

@@ -8,7 +8,8 @@
 //! - [`CredentialProvenance`] and [`fingerprint`]: what may be recorded about a credential;
 //! - [`redact`]: the last-line scrubber applied to every exported string;
 //! - [`xray`]: span → X-Ray segment documents, daemon / `PutTraceSegments` / SigV4 OTLP export;
-//! - [`Telemetry::flush`]: bounded per-invocation flush for Lambda.
+//! - [`Telemetry::flush`]: bounded per-invocation flush for Lambda;
+//! - [`aws_http`]: the HTTP client of every AWS SDK client (reqwest, shared with the rest).
 //!
 //! Cargo features, both off by default so the Lambda bootstraps stay small (the `tokentrail` CLI
 //! turns both on): `grpc`, the OTLP/gRPC exporters (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`), and
@@ -16,6 +17,7 @@
 //! it fails [`init`] with the reason.
 
 pub mod attrs;
+pub mod aws_http;
 mod export;
 pub mod fingerprint;
 pub mod hop;

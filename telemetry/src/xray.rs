@@ -603,10 +603,7 @@ impl AwsWorker {
     /// Start the worker. The AWS configuration (region, credentials, `AWS_ENDPOINT_URL_XRAY`)
     /// comes from the standard chain, loaded on the worker's thread.
     pub fn start(timeout: Duration) -> std::io::Result<Self> {
-        Self::start_with(
-            timeout,
-            aws_config::defaults(aws_config::BehaviorVersion::latest()),
-        )
+        Self::start_with(timeout, crate::aws_http::config_loader())
     }
 
     /// Start the worker with an explicit AWS configuration loader (endpoint, region, credentials).
@@ -1288,7 +1285,7 @@ mod tests {
 
     #[cfg(feature = "xray-api")]
     fn worker(url: &str) -> AwsWorker {
-        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let loader = crate::aws_http::config_loader()
             .endpoint_url(url)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_credential_types::Credentials::new(

@@ -68,7 +68,7 @@ pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), Config
     };
     let store: Arc<dyn SecretStore> = match opt("TOKENTRAIL_SECRETS").as_deref() {
         None | Some("secretsmanager") => {
-            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            let config = telemetry::aws_http::config_loader()
                 .region(aws_config::Region::new(region()))
                 .load()
                 .await;

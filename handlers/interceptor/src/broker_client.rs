@@ -118,7 +118,7 @@ impl BrokerClient {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .operation_timeout(settings.timeout)
             .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = telemetry::aws_http::config_loader()
             .region(aws_config::Region::new(settings.region.clone()))
             .endpoint_url(settings.sts_endpoint.clone())
             .timeout_config(timeouts);
