@@ -395,7 +395,7 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
         None => router,
     };
     println!("READY {} {base}", hop.as_str());
-    tracing::info!(hop = hop.as_str(), url = %base, exporters = ?telemetry.exporters(), "listening");
+    tracing::info!(hop = hop.as_str(), url = %base, exporters = %telemetry.exporters().join(","), "listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(stop_signal())
         .await
