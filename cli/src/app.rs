@@ -168,31 +168,51 @@ impl App {
     /// Send one request as the app (logging the user in first, applying the spec's fault).
     pub async fn call(&self, spec: &CallSpec) -> Result<CallResult> {
         let started = Instant::now();
-        let span = HopSpan::hop(Hop::App, self.endpoints.pattern, &TraceContext::none());
-        let cx = span.context();
-        let token = match spec.fault {
+        let mut span = HopSpan::hop(Hop::App, self.endpoints.pattern, &TraceContext::none());
+        let token = match self.user_token(spec, &span.context()).await {
+            Ok(t) => t,
+            Err(e) => {
+                // The request never entered the chain. The IdP's own span says why it refused
+                // the login; an IdP the app could not reach is the app's to report.
+                let unreachable = e.chain().any(|c| {
+                    c.downcast_ref::<reqwest::Error>()
+                        .is_some_and(|r| r.is_connect() || r.is_timeout())
+                });
+                if unreachable {
+                    span.reject(FailureReason::UpstreamUnavailable);
+                } else {
+                    span.fail("login_failed");
+                }
+                return Err(e);
+            }
+        };
+        self.send(span, spec, token, started).await
+    }
+
+    /// The user's token as the spec's fault wants it (logging the user in under `cx`).
+    async fn user_token(&self, spec: &CallSpec, cx: &TraceContext) -> Result<Option<SecretString>> {
+        Ok(match spec.fault {
             Some(TokenFault::Missing) => None,
             Some(TokenFault::Expired) => Some(
-                self.login(&spec.user, "tokentrail-app", Some(-120), &cx)
+                self.login(&spec.user, "tokentrail-app", Some(-120), cx)
                     .await?,
             ),
             Some(TokenFault::WrongAudience) => {
-                Some(self.login(&spec.user, "other-app", None, &cx).await?)
+                Some(self.login(&spec.user, "other-app", None, cx).await?)
             }
             Some(TokenFault::Tampered) => Some(tamper(
-                &self.login(&spec.user, "tokentrail-app", None, &cx).await?,
+                &self.login(&spec.user, "tokentrail-app", None, cx).await?,
             )?),
             Some(TokenFault::Oversized) => {
-                let t = self.login(&spec.user, "tokentrail-app", None, &cx).await?;
+                let t = self.login(&spec.user, "tokentrail-app", None, cx).await?;
                 Some(SecretString::from(format!(
                     "{}{}",
                     t.expose_secret(),
                     "A".repeat(5000)
                 )))
             }
-            None => Some(self.login(&spec.user, "tokentrail-app", None, &cx).await?),
-        };
-        self.send(span, spec, token, started).await
+            None => Some(self.login(&spec.user, "tokentrail-app", None, cx).await?),
+        })
     }
 
     /// Send one request with a token obtained earlier (no login).
@@ -374,8 +394,10 @@ pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
             out.display()
         )
     })?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a stack description", path.display()))
+    let endpoints = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a stack description", path.display()))?;
+    crate::stack::join_fingerprint_key(out, pattern)?;
+    Ok(endpoints)
 }
 
 /// `tokentrail call`.

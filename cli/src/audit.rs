@@ -232,12 +232,26 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
     let reached = target
         .filter(|s| s.attr_str(attrs::HOP_OUTCOME) == Some("ok"))
         .map(|s| identity(s));
-    let rejection = hops.iter().find(|s| {
+    let stopped = |s: &&StoredSpan| {
         matches!(
             s.attr_str(attrs::HOP_OUTCOME),
             Some("rejected") | Some("error")
         )
-    });
+    };
+    // A login the IdP refused stops the request before it enters the chain: then the app's is
+    // the only hop span, and the IdP's span says why. (Once the request is in the chain, an
+    // `idp.token` span is a hop's own token, e.g. the agent's, and that hop reports the failure.)
+    let login_refused = || {
+        hops.iter()
+            .all(|s| s.attr_str(attrs::HOP_NAME) == Some("app.request"))
+            .then(|| {
+                spans
+                    .iter()
+                    .find(|s| s.attr_str(attrs::HOP_NAME) == Some("idp.token") && stopped(s))
+            })
+            .flatten()
+    };
+    let rejection = hops.iter().copied().find(stopped).or_else(login_refused);
     let mut violations = Vec::new();
     let pattern_name = pattern.as_deref().unwrap_or("passthrough");
     if let Some(r) = &reached {
@@ -281,17 +295,19 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
     }
     // Every hop up to where the request ended must be present.
     let chain = expected_chain(pattern_name);
-    let last = match (&reached, rejection) {
-        (Some(_), _) => Some(chain.len() - 1),
-        (None, Some(stop)) => {
-            let name = stop.attr_str(attrs::HOP_NAME).unwrap_or("");
-            chain.iter().position(|h| *h == name)
-        }
+    // How many hops of the chain the request went through.
+    let went_through = match (&reached, rejection) {
+        (Some(_), _) => Some(chain.len()),
+        (None, Some(stop)) => match stop.attr_str(attrs::HOP_NAME).unwrap_or("") {
+            // Stopped before the chain: at the app, or at the user's login.
+            "app.request" | "idp.token" => Some(0),
+            name => chain.iter().position(|h| *h == name).map(|p| p + 1),
+        },
         (None, None) => None,
     };
-    match last {
-        Some(last) => {
-            for h in &chain[..=last] {
+    match went_through {
+        Some(n) => {
+            for h in &chain[..n] {
                 if !hops.iter().any(|s| s.attr_str(attrs::HOP_NAME) == Some(h)) {
                     violations.push(format!("hop {h} is missing from the chain"));
                 }
@@ -799,5 +815,56 @@ mod tests {
         assert!(parse_time("yesterday", 0).is_err());
         let csv = render(&all, Format::Csv, None).unwrap();
         assert_eq!(csv.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_request_stopped_before_the_chain_is_rejected_where_it_stopped() {
+        let rejected = |hop: &str, reason: &str| Verdict::Rejected {
+            hop: hop.into(),
+            reason: reason.into(),
+        };
+        let app = span("app.request", 0, "app", &[(attrs::PATTERN, "passthrough")]);
+        // The IdP refused the user's login: the app's span and the IdP's, nothing else.
+        let idp = |outcome: &str| {
+            span(
+                "idp.token",
+                0,
+                "idp",
+                &[
+                    (attrs::HOP_OUTCOME, outcome),
+                    (attrs::FAILURE_REASON, "forbidden"),
+                ],
+            )
+        };
+        let login = vec![app.clone(), idp("rejected")];
+        assert_eq!(
+            audit_trace("t1", &login).verdict,
+            rejected("idp.token", "forbidden")
+        );
+        // The IdP could not be reached: the app says so.
+        let mut unreachable = app.clone();
+        unreachable
+            .attributes
+            .insert(attrs::HOP_OUTCOME.into(), json!("error"));
+        unreachable
+            .attributes
+            .insert(attrs::FAILURE_REASON.into(), json!("upstream_unavailable"));
+        assert_eq!(
+            audit_trace("t1", &[unreachable]).verdict,
+            rejected("app.request", "upstream_unavailable")
+        );
+        // Without either, spans are missing.
+        assert!(matches!(
+            audit_trace("t1", &[app.clone(), idp("ok")]).verdict,
+            Verdict::Violation { .. }
+        ));
+        // Once in the chain, a refused `idp.token` (a hop's own token) is not where it stopped.
+        let mut entered = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        entered.truncate(3);
+        entered.push(idp("rejected"));
+        assert!(matches!(
+            audit_trace("t1", &entered).verdict,
+            Verdict::Violation { .. }
+        ));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -80,7 +81,7 @@ pub struct SharedTelemetry {
     pub collector: Arc<local::collector::Collector>,
     /// Its base URL.
     pub url: String,
-    key: [u8; 32],
+    key: SecretString,
 }
 
 impl std::fmt::Debug for SharedTelemetry {
@@ -290,7 +291,7 @@ pub struct Stack {
     /// `None` when the stack joined another's collector.
     collector_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     aws: Option<LocalAws>,
-    key: [u8; 32],
+    key: SecretString,
 }
 
 impl std::fmt::Debug for Stack {
@@ -452,7 +453,7 @@ impl Stack {
                 shared.collector.clone(),
                 shared.url.clone(),
                 None,
-                shared.key,
+                shared.key.clone(),
             ),
             None => {
                 let collector =
@@ -466,8 +467,12 @@ impl Stack {
                     ([127, 0, 0, 1], 0).into(),
                 )
                 .await?;
-                let key: [u8; 32] = rand::random();
-                (collector, format!("http://{caddr}"), Some(task), key)
+                (
+                    collector,
+                    format!("http://{caddr}"),
+                    Some(task),
+                    fingerprint_key(),
+                )
             }
         };
         let mut env = BTreeMap::new();
@@ -475,11 +480,14 @@ impl Stack {
             "TOKENTRAIL_COLLECTOR_ENDPOINT".to_owned(),
             collector_url.clone(),
         );
-        env.insert(telemetry::fingerprint::KEY_ENV.to_owned(), hex::encode(key));
+        env.insert(
+            telemetry::fingerprint::KEY_ENV.to_owned(),
+            key.expose_secret().to_owned(),
+        );
         env.insert("TOKENTRAIL_STOP_ON_STDIN_EOF".to_owned(), "1".to_owned());
         env.extend(opts.extra_env.iter().cloned());
         // The parent's own fingerprints must match the children's.
-        telemetry::fingerprint::install_key(&secrecy::SecretString::from(hex::encode(key)));
+        telemetry::fingerprint::install_key(&key);
 
         env.insert(
             telemetry::attrs::PATTERN_ENV.to_owned(),
@@ -615,6 +623,7 @@ impl Stack {
         let json = serde_json::to_string_pretty(&endpoints)?;
         let file = stack_file(&opts.out, opts.pattern);
         std::fs::write(&file, json).with_context(|| format!("cannot write {}", file.display()))?;
+        write_key_file(&opts.out, opts.pattern, &key)?;
         Ok(Self {
             endpoints,
             collector,
@@ -630,7 +639,7 @@ impl Stack {
         SharedTelemetry {
             collector: self.collector.clone(),
             url: self.endpoints.collector.clone(),
-            key: self.key,
+            key: self.key.clone(),
         }
     }
 
@@ -704,6 +713,7 @@ impl Stack {
             aws.stop();
         }
         let _ = std::fs::remove_file(stack_file(&self.endpoints.out, self.endpoints.pattern));
+        let _ = std::fs::remove_file(key_file(&self.endpoints.out, self.endpoints.pattern));
         Ok(())
     }
 }
@@ -711,6 +721,67 @@ impl Stack {
 /// Where a running stack of `pattern` describes itself.
 pub fn stack_file(out: &Path, pattern: Pattern) -> PathBuf {
     out.join(format!("stack-{pattern}.json"))
+}
+
+/// Where a running stack of `pattern` keeps its fingerprint key (owner-only), so that a
+/// `tokentrail call` or `load` against it fingerprints the user's token as the hops do.
+pub fn key_file(out: &Path, pattern: Pattern) -> PathBuf {
+    out.join(format!("stack-{pattern}.key"))
+}
+
+/// The stack's fingerprint key: the caller's `TOKENTRAIL_FINGERPRINT_KEY` if set (fingerprints
+/// then match across runs and with other deployments using it), else a random one.
+fn fingerprint_key() -> SecretString {
+    match std::env::var(telemetry::fingerprint::KEY_ENV) {
+        Ok(k) if !k.is_empty() => SecretString::from(k),
+        _ => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
+    }
+}
+
+fn write_key_file(out: &Path, pattern: Pattern, key: &SecretString) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = key_file(out, pattern);
+    // A stale file of a stack that did not stop cleanly may be readable by others: replace it.
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(key.expose_secret().as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Use the fingerprint key of the running stack of `pattern` in this process.
+pub fn join_fingerprint_key(out: &Path, pattern: Pattern) -> Result<()> {
+    let path = key_file(out, pattern);
+    let key = std::fs::read_to_string(&path)
+        .map(SecretString::from)
+        .with_context(|| {
+            format!(
+                "{} is missing: without the stack's fingerprint key this process's fingerprints \
+             would not match the hops' (restart the stack with this version of tokentrail)",
+                path.display()
+            )
+        })?;
+    static JOINED: std::sync::OnceLock<SecretString> = std::sync::OnceLock::new();
+    let mut first = false;
+    let joined = JOINED.get_or_init(|| {
+        first = true;
+        key.clone()
+    });
+    if joined.expose_secret() != key.expose_secret() {
+        bail!(
+            "the running stacks use different fingerprint keys, so their fingerprints cannot be \
+             compared in one process: start each `tokentrail up` with the same {}",
+            telemetry::fingerprint::KEY_ENV
+        );
+    }
+    if first && !telemetry::fingerprint::install_key(joined) {
+        bail!("this process fingerprinted tokens with another key before joining the stack");
+    }
+    Ok(())
 }
 
 /// Telemetry for the app (this process): exports to the stack's collector (and to X-Ray when

@@ -1,0 +1,181 @@
+//! `tokentrail up`, `tokentrail call` and `tokentrail audit` as a user runs them, each its own
+//! process: the calls end where they should, the audit of what they left agrees (the app's
+//! fingerprints match the hops', a refused login is a rejection, not a violation), and Ctrl-C
+//! stops the stack with no hop left running.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn up_call_audit_and_ctrl_c() {
+    let out = support::tempdir("up-call");
+    let mut up = Command::new(support::bin())
+        .arg("up")
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tokentrail up starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = up.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("stack is up")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => panic!("`tokentrail up` did not say it was up: {printed:?}"),
+        }
+    }
+    // Wait for the endpoint list to finish (the line that suggests a call ends it).
+    while !printed
+        .iter()
+        .any(|l| l.starts_with("try: tokentrail call"))
+    {
+        printed.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("endpoint list"),
+        );
+    }
+    // Every hop's endpoint (the app is this test's calls).
+    for hop in &support::PASSTHROUGH_SERVICES[1..] {
+        assert!(
+            printed
+                .iter()
+                .any(|l| l.trim_start().starts_with(hop) && l.contains("http://127.0.0.1:")),
+            "{hop} endpoint printed: {printed:?}"
+        );
+    }
+    let key = out.join("stack-passthrough.key");
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the stack's key file is owner-only");
+    let hops = children_of(up.id());
+    assert_eq!(hops.len(), 6, "one process per hop: {hops:?}");
+
+    let call = |args: &[&str]| {
+        Command::new(support::bin())
+            .arg("call")
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .expect("tokentrail call runs")
+    };
+    let valid = support::succeeded(&call(&["--user", "alice"]));
+    let row = valid.lines().nth(1).expect("result row");
+    assert!(row.contains(" ok "), "{valid}");
+    let valid_trace = row.split_whitespace().last().expect("trace id").to_owned();
+    let expired = call(&["--token-fault", "expired"]);
+    assert_eq!(expired.status.code(), Some(1));
+    let expired = String::from_utf8_lossy(&expired.stdout).into_owned();
+    assert!(
+        expired.contains("gateway.interceptor") && expired.contains("expired"),
+        "{expired}"
+    );
+    let refused = call(&["--user", "mallory"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("login of `mallory` failed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Ctrl-C: the stack stops, flushing every hop's spans, and leaves no hop running.
+    let sent = Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = up.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`tokentrail up` still running 30 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let left: Vec<u32> = hops.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "hop processes left running: {left:?}");
+    assert!(!key.exists() && !out.join("stack-passthrough.json").exists());
+
+    let audit = Command::new(support::bin())
+        .args(["audit", "--format", "json", "--store"])
+        .arg(out.join("traces.jsonl"))
+        .output()
+        .expect("audit runs");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(support::succeeded(&audit).as_bytes()).expect("audit JSON");
+    let verdict = |r: &serde_json::Value| {
+        format!(
+            "{} {} {}",
+            r["verdict"].as_str().unwrap_or("?"),
+            r["hop"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or("-")
+        )
+    };
+    let mut verdicts: Vec<String> = records.iter().map(verdict).collect();
+    verdicts.sort();
+    assert_eq!(
+        verdicts,
+        [
+            "ok - -",
+            "rejected gateway.interceptor expired",
+            "rejected idp.token forbidden"
+        ],
+        "{records:#?}"
+    );
+    let ok = records
+        .iter()
+        .find(|r| r["trace_id"] == valid_trace.as_str())
+        .expect("the valid call audited");
+    assert_eq!(ok["entered"]["fingerprint"], ok["reached"]["fingerprint"]);
+    let _ = std::fs::remove_dir_all(&out);
+}
