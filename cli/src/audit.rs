@@ -537,21 +537,37 @@ fn render_raw(records: &[Record], format: Format, jaeger: Option<&str>) -> Resul
             out
         }
         Format::Table => {
+            let reached = |r: &Record| r.reached.as_ref().map(who).unwrap_or_else(|| "-".into());
+            // Identity columns as wide as their longest value, so the verdicts line up.
+            let ew = records
+                .iter()
+                .map(|r| who(&r.entered).len())
+                .max()
+                .unwrap_or(0)
+                .max(22);
+            let rw = records
+                .iter()
+                .map(|r| reached(r).len())
+                .max()
+                .unwrap_or(0)
+                .max(27);
             let mut out = format!(
-                "{:<32}  {:<11}  {:<22}  {:<27}  {:<9}  {}\n",
+                "{:<32}  {:<11}  {:<ew$}  {:<rw$}  {:<9}  {}\n",
                 "trace id", "pattern", "entered", "reached the target", "verdict", "detail"
             );
             for r in records {
                 let (v, detail) = verdict_text(&r.verdict);
-                out.push_str(&format!(
-                    "{:<32}  {:<11}  {:<22}  {:<27}  {:<9}  {}\n",
+                let line = format!(
+                    "{:<32}  {:<11}  {:<ew$}  {:<rw$}  {:<9}  {}",
                     r.trace_id,
                     short(r.pattern.as_deref()),
                     who(&r.entered),
-                    r.reached.as_ref().map(who).unwrap_or_else(|| "-".into()),
+                    reached(r),
                     v,
                     detail
-                ));
+                );
+                out.push_str(line.trim_end());
+                out.push('\n');
                 if let Some(j) = jaeger {
                     out.push_str(&format!(
                         "    {}/trace/{}\n",

@@ -760,8 +760,9 @@ pub fn join_fingerprint_key(out: &Path, pattern: Pattern) -> Result<()> {
         .map(SecretString::from)
         .with_context(|| {
             format!(
-                "{} is missing: without the stack's fingerprint key this process's fingerprints \
-             would not match the hops' (restart the stack with this version of tokentrail)",
+                "cannot read {}, the running stack's fingerprint key: without it this process's \
+                 fingerprints would not match the hops' (a stack started by an older tokentrail \
+                 has none: restart it)",
                 path.display()
             )
         })?;
