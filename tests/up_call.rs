@@ -4,9 +4,9 @@
 //! stops the stack with no hop left running.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,19 +39,51 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// The child's exit status if it exits within `limit`.
+fn exited_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `tokentrail up` that the test stops (as Ctrl-C would, then by force) if it ends first, so a
+/// failing test leaves no stack running.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            if exited_within(&mut self.0, Duration::from_secs(10)).is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+}
+
 #[test]
 fn up_call_audit_and_ctrl_c() {
     let out = support::tempdir("up-call");
-    let mut up = Command::new(support::bin())
+    let mut up = Up(Command::new(support::bin())
         .arg("up")
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("tokentrail up starts");
+        .expect("tokentrail up starts"));
     let (tx, rx) = mpsc::channel();
-    let stdout = up.stdout.take().expect("stdout");
+    let stdout = up.0.stdout.take().expect("stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -93,8 +125,37 @@ fn up_call_audit_and_ctrl_c() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "the stack's key file is owner-only");
-    let hops = children_of(up.id());
+    let hops = children_of(up.0.id());
     assert_eq!(hops.len(), 6, "one process per hop: {hops:?}");
+
+    // A second stack of the pattern in the same directory is refused, and the first keeps its
+    // description, key and store.
+    let mut second = Up(Command::new(support::bin())
+        .arg("up")
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("a second tokentrail up starts"));
+    let status = exited_within(&mut second.0, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a second stack started in the same directory: {status:?}"
+    );
+    let mut said = String::new();
+    second
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut said)
+        .expect("stderr readable");
+    assert!(
+        said.contains("a passthrough stack is already running"),
+        "{said}"
+    );
+    assert!(key.exists() && out.join("stack-passthrough.json").exists());
 
     let call = |args: &[&str]| {
         Command::new(support::bin())
@@ -126,21 +187,12 @@ fn up_call_audit_and_ctrl_c() {
 
     // Ctrl-C: the stack stops, flushing every hop's spans, and leaves no hop running.
     let sent = Command::new("kill")
-        .args(["-INT", &up.id().to_string()])
+        .args(["-INT", &up.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = up.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`tokentrail up` still running 30 s after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exited_within(&mut up.0, Duration::from_secs(30))
+        .expect("`tokentrail up` stops within 30 s of Ctrl-C");
     assert!(status.success(), "{status:?}");
     let left: Vec<u32> = hops.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "hop processes left running: {left:?}");

@@ -292,6 +292,8 @@ pub struct Stack {
     collector_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     aws: Option<LocalAws>,
     key: SecretString,
+    /// Held while the stack runs: one stack of a pattern per output directory.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Stack {
@@ -448,6 +450,7 @@ impl Stack {
         telemetry::exporter_selection_from_env(telemetry::METRICS_EXPORTER_ENV)?;
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create {}", opts.out.display()))?;
+        let lock = lock_out_dir(&opts.out, opts.pattern)?;
         let (collector, collector_url, collector_task, key) = match &opts.shared {
             Some(shared) => (
                 shared.collector.clone(),
@@ -631,6 +634,7 @@ impl Stack {
             collector_task,
             aws,
             key,
+            _lock: lock,
         })
     }
 
@@ -721,6 +725,31 @@ impl Stack {
 /// Where a running stack of `pattern` describes itself.
 pub fn stack_file(out: &Path, pattern: Pattern) -> PathBuf {
     out.join(format!("stack-{pattern}.json"))
+}
+
+/// Take the lock a running stack of `pattern` holds on `out` (released when the stack stops or
+/// its process ends): a second stack there would overwrite the first's description and key and
+/// write into its span store.
+fn lock_out_dir(out: &Path, pattern: Pattern) -> Result<std::fs::File> {
+    let path = out.join(format!(".stack-{pattern}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "a {pattern} stack is already running with its output in {} (see {}): stop it \
+             (Ctrl-C) or use another --out",
+            out.display(),
+            stack_file(out, pattern).display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Where a running stack of `pattern` keeps its fingerprint key (owner-only), so that a
