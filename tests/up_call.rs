@@ -57,6 +57,22 @@ fn exited_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// failing test leaves no stack running.
 struct Up(Child);
 
+impl Up {
+    /// `tokentrail up --out OUT`.
+    fn start(out: &std::path::Path, stdout: Stdio, stderr: Stdio) -> Self {
+        Self(
+            Command::new(support::bin())
+                .arg("up")
+                .arg("--out")
+                .arg(out)
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .expect("tokentrail up starts"),
+        )
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -74,14 +90,7 @@ impl Drop for Up {
 #[test]
 fn up_call_audit_and_ctrl_c() {
     let out = support::tempdir("up-call");
-    let mut up = Up(Command::new(support::bin())
-        .arg("up")
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tokentrail up starts"));
+    let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
     let (tx, rx) = mpsc::channel();
     let stdout = up.0.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -130,14 +139,7 @@ fn up_call_audit_and_ctrl_c() {
 
     // A second stack of the pattern in the same directory is refused, and the first keeps its
     // description, key and store.
-    let mut second = Up(Command::new(support::bin())
-        .arg("up")
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("a second tokentrail up starts"));
+    let mut second = Up::start(&out, Stdio::null(), Stdio::piped());
     let status = exited_within(&mut second.0, Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| !s.success()),
