@@ -217,66 +217,74 @@ async fn jaeger_monitor_metrics_come_from_the_hops_spans() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    let ports: BTreeMap<&str, u16> = [
-        "JAEGER_QUERY_HTTP",
-        "JAEGER_QUERY_GRPC",
-        "PROMETHEUS_HTTP",
-        "JAEGER_OTLP_HTTP",
-        "JAEGER_OTLP_GRPC",
-        "JAEGER_SPANMETRICS_HTTP",
-    ]
-    .into_iter()
-    .map(|k| (k, support::free_port()))
-    .collect();
-    // The committed Prometheus configuration, pointed at this Jaeger's exporter port.
-    let prom_config = std::fs::read_to_string(repo.join("tools/jaeger/prometheus.yml"))
-        .unwrap()
-        .replace(
-            "127.0.0.1:8889",
-            &format!("127.0.0.1:{}", ports["JAEGER_SPANMETRICS_HTTP"]),
-        );
-    std::fs::write(dir.join("prometheus.yml"), prom_config).unwrap();
-    let _prom = tokio::process::Command::new(&prometheus)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--web.listen-address=127.0.0.1:{}",
-            ports["PROMETHEUS_HTTP"]
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("prometheus.log")).unwrap(),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prometheus starts");
-    let mut jaeger = tokio::process::Command::new(&jaeger_bin);
-    jaeger
-        .arg("--config")
-        .arg(repo.join("tools/jaeger/spm.yaml"))
-        .env("OTEL_TRACES_SAMPLER", "always_off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("jaeger.log")).unwrap(),
-        ))
-        .kill_on_drop(true);
-    for (k, port) in &ports {
-        jaeger.env(k, format!("127.0.0.1:{port}"));
+    // Jaeger and Prometheus bind the ports chosen here; if another process took one in between,
+    // Jaeger exits and both start again on fresh ports.
+    let mut started = None;
+    for _ in 0..support::PORT_ATTEMPTS {
+        let keys = [
+            "JAEGER_QUERY_HTTP",
+            "JAEGER_QUERY_GRPC",
+            "PROMETHEUS_HTTP",
+            "JAEGER_OTLP_HTTP",
+            "JAEGER_OTLP_GRPC",
+            "JAEGER_SPANMETRICS_HTTP",
+        ];
+        let ports: BTreeMap<&str, u16> = keys.into_iter().zip(support::free_ports::<6>()).collect();
+        // The committed Prometheus configuration, pointed at this Jaeger's exporter port.
+        let prom_config = std::fs::read_to_string(repo.join("tools/jaeger/prometheus.yml"))
+            .unwrap()
+            .replace(
+                "127.0.0.1:8889",
+                &format!("127.0.0.1:{}", ports["JAEGER_SPANMETRICS_HTTP"]),
+            );
+        std::fs::write(dir.join("prometheus.yml"), prom_config).unwrap();
+        let prom = tokio::process::Command::new(&prometheus)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--web.listen-address=127.0.0.1:{}",
+                ports["PROMETHEUS_HTTP"]
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("prometheus.log")).unwrap(),
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus starts");
+        let mut jaeger = tokio::process::Command::new(&jaeger_bin);
+        jaeger
+            .arg("--config")
+            .arg(repo.join("tools/jaeger/spm.yaml"))
+            .env("OTEL_TRACES_SAMPLER", "always_off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("jaeger.log")).unwrap(),
+            ))
+            .kill_on_drop(true);
+        for (k, port) in &ports {
+            jaeger.env(k, format!("127.0.0.1:{port}"));
+        }
+        let mut jaeger = jaeger.spawn().expect("jaeger starts");
+        if support::answers_while_running(ports["JAEGER_QUERY_HTTP"], &mut jaeger).await {
+            started = Some((ports, prom, jaeger));
+            break;
+        }
     }
-    let _jaeger = jaeger.spawn().expect("jaeger starts");
+    let Some((ports, _prom, _jaeger)) = started else {
+        panic!(
+            "Jaeger did not start; see {}",
+            dir.join("jaeger.log").display()
+        );
+    };
     let http = reqwest::Client::new();
     let query = ports["JAEGER_QUERY_HTTP"];
-    assert!(
-        support::jaeger_answers(query).await,
-        "Jaeger did not start; see {}",
-        dir.join("jaeger.log").display()
-    );
 
     let run = tokio::process::Command::new(support::bin())
         .args([

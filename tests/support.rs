@@ -270,10 +270,17 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// A free loopback port (for tools that cannot bind port 0 themselves and report it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports (each held until all are chosen, so none is given twice).
+/// Another process may still take one before the tool binds it: start such a tool with
+/// [`answers_while_running`] and retry on fresh ports when it exits.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
 /// A Jaeger v2 process (in-memory storage) on loopback ports of its own.
@@ -287,8 +294,9 @@ pub struct Jaeger {
     pub query: u16,
 }
 
-/// Wait (up to 30 s) until Jaeger's query API on `query` answers.
-pub async fn jaeger_answers(query: u16) -> bool {
+/// Wait (up to 30 s) until Jaeger's query API on `query` answers; false at once if `child`
+/// exits first (e.g. one of its ports was taken).
+pub async fn answers_while_running(query: u16, child: &mut tokio::process::Child) -> bool {
     let http = reqwest::Client::new();
     for _ in 0..300 {
         if http
@@ -299,22 +307,23 @@ pub async fn jaeger_answers(query: u16) -> bool {
         {
             return true;
         }
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
 }
 
+/// How many times a tool that binds ports we chose is started on fresh ones.
+pub const PORT_ATTEMPTS: usize = 3;
+
 /// Start Jaeger from `bin`, its config and log in `dir`; waits until the query API answers.
 pub async fn start_jaeger(bin: &str, dir: &std::path::Path) -> Jaeger {
-    let (otlp_grpc, otlp_http, query, query_grpc, health) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let config = format!(
-        r#"service:
+    for _ in 0..PORT_ATTEMPTS {
+        let [otlp_grpc, otlp_http, query, query_grpc, health] = free_ports();
+        let config = format!(
+            r#"service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
   pipelines:
     traces:
@@ -357,25 +366,26 @@ exporters:
   jaeger_storage_exporter:
     trace_storage: mem
 "#
-    );
-    let path = dir.join("jaeger.yaml");
-    std::fs::write(&path, config).expect("config");
-    let log = std::fs::File::create(dir.join("jaeger.log")).expect("log");
-    let child = tokio::process::Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("jaeger starts");
-    if jaeger_answers(query).await {
-        return Jaeger {
-            _child: child,
-            otlp_http,
-            otlp_grpc,
-            query,
-        };
+        );
+        let path = dir.join("jaeger.yaml");
+        std::fs::write(&path, config).expect("config");
+        let log = std::fs::File::create(dir.join("jaeger.log")).expect("log");
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("jaeger starts");
+        if answers_while_running(query, &mut child).await {
+            return Jaeger {
+                _child: child,
+                otlp_http,
+                otlp_grpc,
+                query,
+            };
+        }
     }
     panic!(
         "Jaeger did not start; see {}",
