@@ -31,17 +31,55 @@ fn cargo_lambda() -> Option<PathBuf> {
     }
 }
 
-async fn wait_port(port: u16) {
+/// Wait (up to 10 s) until `child` accepts connections on `port`; false at once if it exits
+/// first (e.g. another process took the port after it was chosen).
+async fn listens_while_running(port: u16, child: &mut Child) -> bool {
     for _ in 0..200 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return;
+            // The connection may have reached another process holding the port: only an
+            // emulator still running after it owns the port.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return matches!(child.try_wait(), Ok(None));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("port {port} never opened");
+    false
+}
+
+/// `cargo lambda watch` (Lambda APIs only) on a free loopback port, started again on a fresh
+/// port when it cannot listen on the one chosen.
+async fn start_emulator(cargo_lambda: &PathBuf) -> (u16, Child) {
+    for _ in 0..support::PORT_ATTEMPTS {
+        let port = support::free_port();
+        let mut emulator = Command::new(cargo_lambda)
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cargo lambda watch starts");
+        if listens_while_running(port, &mut emulator).await {
+            return (port, emulator);
+        }
+    }
+    panic!(
+        "cargo lambda watch did not listen on any of {} free ports",
+        support::PORT_ATTEMPTS
+    );
 }
 
 /// An emulator and one function attached to it.
@@ -59,23 +97,7 @@ async fn start_function(
     env: &[(&str, String)],
     stdout: &std::path::Path,
 ) -> Function {
-    let port = support::free_port();
-    let emulator = Command::new(cargo_lambda)
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cargo lambda watch starts");
-    wait_port(port).await;
+    let (port, emulator) = start_emulator(cargo_lambda).await;
     let mut cmd = Command::new(support::bin());
     cmd.args(["lambda", hop])
         .env(
