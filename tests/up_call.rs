@@ -1,7 +1,8 @@
 //! `tokentrail up`, `tokentrail call` and `tokentrail audit` as a user runs them, each its own
 //! process: the calls end where they should, the audit of what they left agrees (the app's
 //! fingerprints match the hops', a refused login is a rejection, not a violation), and Ctrl-C
-//! stops the stack with no hop left running.
+//! stops the stack with no hop left running; so does a hangup, and a killed stack's hops end
+//! with it.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -87,17 +88,29 @@ impl Drop for Up {
     }
 }
 
-#[test]
-fn up_call_audit_and_ctrl_c() {
-    let out = support::tempdir("up-call");
-    let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
+/// Send `signal` (a `kill` option) to `up`: it must exit successfully within 30 s.
+fn stops_cleanly_on(up: &mut Up, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = exited_within(&mut up.0, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("`tokentrail up` did not stop within 30 s of {signal}"));
+    assert!(
+        status.success(),
+        "`tokentrail up` after {signal}: {status:?}"
+    );
+}
+
+/// The lines `tokentrail up` printed, up to the end of its endpoint list (the line that suggests
+/// a call); what it prints later is read and dropped.
+fn wait_until_up(up: &mut Up) -> Vec<String> {
     let (tx, rx) = mpsc::channel();
     let stdout = up.0.stdout.take().expect("stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,6 +132,14 @@ fn up_call_audit_and_ctrl_c() {
                 .expect("endpoint list"),
         );
     }
+    printed
+}
+
+#[test]
+fn up_call_audit_and_ctrl_c() {
+    let out = support::tempdir("up-call");
+    let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
+    let printed = wait_until_up(&mut up);
     // Every hop's endpoint (the app is this test's calls).
     for hop in &support::PASSTHROUGH_SERVICES[1..] {
         assert!(
@@ -159,15 +180,7 @@ fn up_call_audit_and_ctrl_c() {
     );
     assert!(key.exists() && out.join("stack-passthrough.json").exists());
 
-    let call = |args: &[&str]| {
-        Command::new(support::bin())
-            .arg("call")
-            .arg("--out")
-            .arg(&out)
-            .args(args)
-            .output()
-            .expect("tokentrail call runs")
-    };
+    let call = |args: &[&str]| call(&out, args);
     let valid = support::succeeded(&call(&["--user", "alice"]));
     let row = valid.lines().nth(1).expect("result row");
     assert!(row.contains(" ok "), "{valid}");
@@ -188,14 +201,7 @@ fn up_call_audit_and_ctrl_c() {
     );
 
     // Ctrl-C: the stack stops, flushing every hop's spans, and leaves no hop running.
-    let sent = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = exited_within(&mut up.0, Duration::from_secs(30))
-        .expect("`tokentrail up` stops within 30 s of Ctrl-C");
-    assert!(status.success(), "{status:?}");
+    stops_cleanly_on(&mut up, "-INT");
     let left: Vec<u32> = hops.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "hop processes left running: {left:?}");
     assert!(!key.exists() && !out.join("stack-passthrough.json").exists());
@@ -231,5 +237,69 @@ fn up_call_audit_and_ctrl_c() {
         .find(|r| r["trace_id"] == valid_trace.as_str())
         .expect("the valid call audited");
     assert_eq!(ok["entered"]["fingerprint"], ok["reached"]["fingerprint"]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `tokentrail call --out OUT ARGS…`.
+fn call(out: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(support::bin())
+        .arg("call")
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("tokentrail call runs")
+}
+
+/// Hop processes of `hops` still running after up to `limit`.
+fn left_running(hops: &[u32], limit: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: Vec<u32> = hops.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A stack whose `tokentrail up` was killed takes its hops with it, and `call` says it is gone
+/// instead of failing to connect; a new stack starts in the same directory, and a hangup (its
+/// terminal closed) stops it as Ctrl-C does.
+#[test]
+fn a_killed_stack_is_gone_and_a_hangup_stops_one() {
+    let out = support::tempdir("up-killed");
+    let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
+    wait_until_up(&mut up);
+    let hops = children_of(up.0.id());
+    assert_eq!(hops.len(), 6, "one process per hop: {hops:?}");
+    up.0.kill().expect("SIGKILL");
+    up.0.wait().expect("reaped");
+    let left = left_running(&hops, Duration::from_secs(15));
+    assert!(left.is_empty(), "hops outlived a killed stack: {left:?}");
+    assert!(
+        out.join("stack-passthrough.json").exists(),
+        "a killed stack leaves its description"
+    );
+    let stale = call(&out, &["--user", "alice"]);
+    assert!(!stale.status.success());
+    let said = String::from_utf8_lossy(&stale.stderr);
+    assert!(said.contains("is not running any more"), "{said}");
+
+    let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
+    wait_until_up(&mut up);
+    let hops = children_of(up.0.id());
+    let valid = support::succeeded(&call(&out, &["--user", "alice"]));
+    assert!(
+        valid.lines().nth(1).is_some_and(|row| row.contains(" ok ")),
+        "{valid}"
+    );
+    stops_cleanly_on(&mut up, "-HUP");
+    let left = left_running(&hops, Duration::from_secs(5));
+    assert!(left.is_empty(), "hop processes left running: {left:?}");
+    assert!(
+        !out.join("stack-passthrough.key").exists() && !out.join("stack-passthrough.json").exists(),
+        "a stack stopped by a hangup removes its key and description"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

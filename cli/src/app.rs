@@ -394,6 +394,15 @@ pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
             out.display()
         )
     })?;
+    if !crate::stack::is_running(out, pattern)? {
+        bail!(
+            "the {pattern} stack described in {} is not running any more (its `tokentrail up` \
+             ended without stopping it, e.g. it was killed): start one with `tokentrail up \
+             --pattern {pattern} --out {}`",
+            path.display(),
+            out.display()
+        );
+    }
     let endpoints = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a stack description", path.display()))?;
     crate::stack::join_fingerprint_key(out, pattern)?;

@@ -24,6 +24,7 @@ pub mod serve;
 pub mod sources;
 pub mod stack;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -439,7 +440,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tokentrail: {e:#}");
+            // Not eprintln!: a closed terminal (hangup) must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "tokentrail: {e:#}");
             ExitCode::FAILURE
         }
     }

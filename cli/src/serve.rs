@@ -167,22 +167,29 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
     })
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C, SIGTERM, or SIGHUP (the terminal it ran in was closed): each stops gracefully, so
+/// spans are flushed and a stack removes its description and key.
 pub(crate) async fn interrupt_or_terminate() {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let signal = |kind: tokio::signal::unix::SignalKind| async move {
+        match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
+    #[cfg(unix)]
+    let (term, hangup) = (
+        signal(tokio::signal::unix::SignalKind::terminate()),
+        signal(tokio::signal::unix::SignalKind::hangup()),
+    );
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+    let (term, hangup) = (std::future::pending::<()>(), std::future::pending::<()>());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
+        _ = hangup => {},
     }
 }
 

@@ -3,6 +3,7 @@
 //! between hops, started in dependency order.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -696,7 +697,9 @@ impl Stack {
         for r in self.children.iter_mut() {
             match tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await {
                 Ok(Ok(status)) if !status.success() => {
-                    eprintln!(
+                    // Not eprintln!: after a hangup the terminal is gone, and the stop goes on.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "tokentrail: {} exited with {status}; see {}",
                         r.hop.as_str(),
                         r.log.display()
@@ -731,23 +734,53 @@ pub fn stack_file(out: &Path, pattern: Pattern) -> PathBuf {
 /// its process ends): a second stack there would overwrite the first's description and key and
 /// write into its span store.
 fn lock_out_dir(out: &Path, pattern: Pattern) -> Result<std::fs::File> {
-    let path = out.join(format!(".stack-{pattern}.lock"));
+    let path = lock_file(out, pattern);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "a {pattern} stack is already running with its output in {} (see {}): stop it \
-             (Ctrl-C) or use another --out",
-            out.display(),
-            stack_file(out, pattern).display()
-        ),
+    // A `tokentrail call` asking whether a stack runs holds a shared lock for an instant: look
+    // again for a moment before calling the directory taken.
+    for attempt in 0..10 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 9 => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+    }
+    bail!(
+        "a {pattern} stack is already running with its output in {} (see {}): stop it \
+         (Ctrl-C) or use another --out",
+        out.display(),
+        stack_file(out, pattern).display()
+    )
+}
+
+fn lock_file(out: &Path, pattern: Pattern) -> PathBuf {
+    out.join(format!(".stack-{pattern}.lock"))
+}
+
+/// Whether a stack of `pattern` is running with its output in `out`: its `tokentrail up` holds
+/// the lock until it ends, however it ends (a killed one leaves its description behind).
+pub fn is_running(out: &Path, pattern: Pattern) -> Result<bool> {
+    let path = lock_file(out, pattern);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
         Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            Err(e).with_context(|| format!("cannot test the lock {}", path.display()))
         }
     }
 }
@@ -768,7 +801,6 @@ fn fingerprint_key() -> SecretString {
 }
 
 fn write_key_file(out: &Path, pattern: Pattern, key: &SecretString) -> Result<()> {
-    use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = key_file(out, pattern);
     // A stale file of a stack that did not stop cleanly may be readable by others: replace it.
@@ -885,7 +917,8 @@ pub async fn up(out: &Path, pattern: Pattern) -> Result<()> {
         e.out.display()
     );
     crate::serve::interrupt_or_terminate().await;
-    println!("stopping…");
+    // Not println!: after a hangup the terminal is gone, and the stop goes on.
+    let _ = writeln!(std::io::stdout(), "stopping…");
     stack.stop().await
 }
 
