@@ -503,7 +503,10 @@ fn csv_field(s: &str) -> String {
 /// is reported, never repeated.
 pub fn render(records: &[Record], format: Format, jaeger: Option<&str>) -> Result<String> {
     let text = render_raw(records, format, jaeger)?;
-    Ok(telemetry::redact::scrub(&text).into_owned())
+    Ok(match format {
+        Format::Json => telemetry::redact::scrub_json(&text).into_owned(),
+        _ => telemetry::redact::scrub(&text).into_owned(),
+    })
 }
 
 fn render_raw(records: &[Record], format: Format, jaeger: Option<&str>) -> Result<String> {

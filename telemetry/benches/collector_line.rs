@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     );
     let line = export.to_json_line().expect("line");
     group.bench_function("scrub_line_256_spans", |b| {
-        b.iter(|| telemetry::redact::scrub(&line).len())
+        b.iter(|| telemetry::redact::scrub_json(&line).len())
     });
     group.finish();
 }

@@ -11,7 +11,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::redact::scrub;
+use crate::redact::scrub_json;
 
 /// Where log lines go.
 pub(crate) type Sink = Box<dyn Write + Send>;
@@ -90,7 +90,7 @@ pub(crate) fn format_event(
         obj.insert(k, v);
     }
     let line = Value::Object(obj).to_string();
-    scrub(&line).into_owned()
+    scrub_json(&line).into_owned()
 }
 
 impl<S> Layer<S> for JsonLogLayer
@@ -128,8 +128,14 @@ mod tests {
             "nested".into(),
             Value::String(format!("{{\"t\":\"{token}\"}}")),
         );
+        // An opaque credential after a line break: escaped in the line as `\n`.
+        fields.insert(
+            "headers".into(),
+            Value::String("accept: */*\nauthorization:\nBearer opaque0123456789".into()),
+        );
         let line = format_event("agent", &tracing::Level::INFO, "t", None, fields);
         assert!(!line.contains(token), "{line}");
+        assert!(!line.contains("opaque0123456789"), "{line}");
         assert!(serde_json::from_str::<Value>(&line).is_ok(), "{line}");
     }
 }

@@ -80,9 +80,10 @@ pub fn is_protobuf(content_type: &str) -> bool {
     )
 }
 
-/// Scrub a line of OTLP/JSON in place (it is left as it is when nothing matches).
+/// Scrub a line of OTLP/JSON in place, string by string (it is left as it is when nothing
+/// matches).
 fn scrub_line(line: &mut String) {
-    if let std::borrow::Cow::Owned(clean) = crate::redact::scrub(line) {
+    if let std::borrow::Cow::Owned(clean) = crate::redact::scrub_json(line) {
         *line = clean;
     }
 }
@@ -98,10 +99,10 @@ pub fn trace_store_line(
     body: &[u8],
     line: &mut String,
 ) -> Result<usize, OtlpError> {
+    // The transcoder scrubs each string as it writes it.
     if is_protobuf(content_type)
         && let Some(spans) = crate::otlp_json::trace_export_json(body, line)
     {
-        scrub_line(line);
         return Ok(spans);
     }
     let export = TraceExport::decode(content_type, body)?;
@@ -109,8 +110,7 @@ pub fn trace_store_line(
     Ok(export.span_count())
 }
 
-/// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's
-/// patterns never span a quote or a backslash, so scrubbing the encoded text keeps it valid JSON.
+/// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings.
 fn json_line<M: Serialize>(message: &M) -> Result<String, OtlpError> {
     let mut line = serde_json::to_string(message)?;
     scrub_line(&mut line);
@@ -137,9 +137,7 @@ impl TraceExport {
             .sum()
     }
 
-    /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings. The scrubber's
-    /// patterns never span a quote or a backslash, so scrubbing the encoded text keeps it valid
-    /// JSON.
+    /// One line of OTLP/JSON (no newline), scrubbed of secret-shaped strings.
     pub fn to_json_line(&self) -> Result<String, OtlpError> {
         json_line(&self.0)
     }
@@ -1231,6 +1229,50 @@ mod tests {
         ));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path
+    }
+
+    /// A credential that JSON escaping hides from a scrub of the encoded line (after a tab, or
+    /// an AWS secret after a newline) is scrubbed from the store line, on the transcoder's path
+    /// and on the full decoder's (a bytes value sends the export there).
+    #[test]
+    fn the_store_line_scrubs_what_escaping_hides() {
+        use any_value::Value as V;
+        let opaque = "opaqueS3cretValue0123456789";
+        let aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        for extra in [None, Some(kv("app.bytes", V::BytesValue(vec![1, 2])))] {
+            let mut attributes = vec![
+                kv(
+                    "http.request.header.authorization",
+                    V::StringValue(format!("Bearer\t{opaque}")),
+                ),
+                kv("app.note", V::StringValue(format!("key:\n{aws}"))),
+            ];
+            attributes.extend(extra.clone());
+            let req = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![Span {
+                            trace_id: vec![1; 16],
+                            span_id: vec![2; 8],
+                            name: "x".into(),
+                            attributes,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            let mut line = String::new();
+            let spans = trace_store_line(PROTOBUF, &req.encode_to_vec(), &mut line).unwrap();
+            assert_eq!(spans, 1);
+            assert!(
+                !line.contains(opaque) && !line.contains(aws),
+                "{extra:?}: {line}"
+            );
+            assert!(line.contains(r#""Bearer [REDACTED]""#), "{line}");
+            serde_json::from_str::<serde_json::Value>(&line).expect("still JSON");
+        }
     }
 
     #[test]

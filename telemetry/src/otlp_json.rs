@@ -163,10 +163,24 @@ fn needs_escape(b: &[u8]) -> bool {
     blocks.remainder().iter().any(|&x| needs(x))
 }
 
+/// A string of the message as a JSON string, scrubbed (the line holds no text but its strings,
+/// so scrubbing each as the text it is, before escaping, scrubs the line: escaping cannot hide a
+/// credential from the patterns). `None` when a string the scrubber must read is not UTF-8 (the
+/// full decoder then reports it).
+fn push_str(out: &mut Vec<u8>, s: &[u8]) -> Option<()> {
+    if crate::redact::may_need_scrub(s) {
+        let clean = crate::redact::scrub(std::str::from_utf8(s).ok()?);
+        push_escaped(out, clean.as_bytes());
+    } else {
+        push_escaped(out, s);
+    }
+    Some(())
+}
+
 /// JSON string, escaped as serde_json escapes (`"`, `\`, control characters). Bytes of
 /// multi-byte UTF-8 sequences are never escaped, so escaping byte by byte is escaping character
 /// by character.
-fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     if !needs_escape(s) {
         out.extend_from_slice(s);
@@ -254,7 +268,7 @@ fn object(out: &mut Vec<u8>, members: &[(&str, J<'_>)]) -> Option<()> {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\":");
         match value {
-            J::Str(s) => push_str(out, s),
+            J::Str(s) => push_str(out, s)?,
             J::Hex(b) => push_hex(out, b),
             J::Num(n) => push_num(out, *n),
             J::U64Str(n) => push_quoted_num(out, *n),
@@ -303,7 +317,7 @@ fn any_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
         None => out.extend_from_slice(b"{}"),
         Some((1, w)) => {
             out.extend_from_slice(b"{\"stringValue\":");
-            push_str(out, string(w)?);
+            push_str(out, string(w)?)?;
             out.push(b'}');
         }
         Some((2, w)) => {
@@ -350,7 +364,7 @@ fn key_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
     }
     // Every attribute comes through here: written directly rather than through [`object`].
     out.extend_from_slice(b"{\"key\":");
-    push_str(out, key);
+    push_str(out, key)?;
     out.extend_from_slice(b",\"value\":");
     match value {
         Some(b) => any_value(out, b, depth)?,
@@ -573,7 +587,7 @@ fn container(
     out.extend_from_slice(b"\":");
     push_list(out, &items, item)?;
     out.extend_from_slice(b",\"schemaUrl\":");
-    push_str(out, schema);
+    push_str(out, schema)?;
     out.push(b'}');
     Some(())
 }
@@ -863,6 +877,33 @@ mod tests {
         #[test]
         fn any_bytes_give_the_full_decoders_answer_or_none(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
             agrees_with_the_full_decoder(&body)?;
+        }
+
+        #[test]
+        fn strings_are_scrubbed_as_the_decoders_line_is_string_by_string(
+            before in "[ -~\t\n]{0,12}",
+            secret in proptest::sample::select(vec![
+                "Bearer\topaque0123456789".to_owned(),
+                "basic\nopaque0123456789".to_owned(),
+                "\nwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
+                crate::fixtures::jwt("alice"),
+                "plain".to_owned(),
+            ]),
+            after in "[ -~\t\n]{0,12}",
+        ) {
+            let text = format!("{before} {secret} {after}");
+            let mut req = rich();
+            let span = &mut req.resource_spans[0].scope_spans[0].spans[0];
+            span.name = text.clone();
+            span.attributes.push(kv(&text, Some(any_value::Value::StringValue(text.clone()))));
+            let (line, _) = json(&req.encode_to_vec()).expect("fast path");
+            let serde = serde_json::to_string(&req).expect("serde");
+            proptest::prop_assert_eq!(&line, &crate::redact::scrub_json(&serde).into_owned());
+            if secret != "plain" {
+                proptest::prop_assert!(!line.contains("opaque0123456789"));
+                proptest::prop_assert!(!line.contains("EXAMPLEKEY"));
+                proptest::prop_assert!(crate::redact::find_jwts(&line).is_empty());
+            }
         }
 
         #[test]

@@ -100,17 +100,21 @@ pub fn contains_jwt(s: &str) -> bool {
     memchr::memchr_iter(b'e', bytes).any(|p| jwt_at(bytes, p).is_some())
 }
 
+/// Whether the `e[wy]` at `p` is followed by six or more base64url bytes and a dot: the start
+/// of every JWT-shaped match.
+fn starts_jwt(bytes: &[u8], p: usize) -> bool {
+    let header = run(bytes, p + 2, is_b64url);
+    header >= 6 && bytes.get(p + 2 + header) == Some(&b'.')
+}
+
 /// A cheap test that is true whenever [`contains_jwt`] is (it looks for `e[wy]`, six or more
 /// base64url bytes and a dot, the start every match has), so that large texts run the full
 /// pattern only where it can match.
 pub fn may_contain_jwt(bytes: &[u8]) -> bool {
-    let starts_jwt = |p: usize| {
-        let header = run(bytes, p + 2, is_b64url);
-        header >= 6 && bytes.get(p + 2 + header) == Some(&b'.')
-    };
+    let starts_jwt = |p: usize| starts_jwt(bytes, p);
     // An attribute value: one pass for the `e`s. A long text (an export line, where `e` is
     // everywhere): the pair searchers, built once.
-    if bytes.len() < 256 {
+    if bytes.len() < SHORT_TEXT {
         return memchr::memchr_iter(b'e', bytes)
             .any(|p| matches!(bytes.get(p + 1), Some(b'y' | b'w')) && starts_jwt(p));
     }
@@ -283,18 +287,148 @@ fn looks_like_aws_secret(run: &[u8]) -> bool {
         && run.iter().any(u8::is_ascii_digit)
 }
 
+/// Texts shorter than this (attribute values, names) are prefiltered in one byte loop; longer
+/// ones (log lines, export lines) with the vectorised searchers, whose set-up a short text does
+/// not repay.
+const SHORT_TEXT: usize = 256;
+
+/// Whether `bytes` holds a `y` or `w` (a JWT starts `ey` or `ew`) or a `b` (`bearer`, `basic`),
+/// in either case: eight bytes at a time (a byte equal to one of them zeroes its lane of a XOR,
+/// and a zero lane is found without a branch per byte). Most attribute keys and values have
+/// none, and skip the byte-by-byte checks.
+fn has_scheme_or_jwt_letter(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_lane = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let any = |word: [u8; 8]| {
+        let folded = u64::from_le_bytes(word) | (ONES * 0x20);
+        (zero_lane(folded ^ (ONES * u64::from(b'y')))
+            | zero_lane(folded ^ (ONES * u64::from(b'w')))
+            | zero_lane(folded ^ (ONES * u64::from(b'b'))))
+            != 0
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut word = [0u8; 8];
+    for chunk in &mut words {
+        word.copy_from_slice(chunk);
+        if any(word) {
+            return true;
+        }
+    }
+    // The tail, padded with zero bytes (a space once folded: none of the letters).
+    let rest = words.remainder();
+    word = [0u8; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    any(word)
+}
+
+/// [`needs_scrub`] for a short text: one pass over its bytes looking for the first byte of a
+/// JWT (`e` then `y`/`w`) and of an authentication scheme (`b`/`B`), each checked where found,
+/// then the AWS secret runs, which need 40 bytes. The same answer as the searchers give.
+fn needs_scrub_short(bytes: &[u8]) -> bool {
+    if !has_scheme_or_jwt_letter(bytes) {
+        return bytes.len() >= AWS_MIN && aws_secrets(bytes).next().is_some();
+    }
+    for (p, &b) in bytes.iter().enumerate() {
+        let candidate = match b {
+            b'e' => matches!(bytes.get(p + 1), Some(b'y' | b'w')) && starts_jwt(bytes, p),
+            b'b' | b'B' => scheme_at(bytes, p).is_some(),
+            _ => false,
+        };
+        if candidate {
+            return true;
+        }
+    }
+    bytes.len() >= AWS_MIN && aws_secrets(bytes).next().is_some()
+}
+
 /// One pass deciding whether [`scrub`] could change `bytes` (true whenever any of its patterns
 /// would replace something; the common case, false, costs one cheap scan).
 fn needs_scrub(bytes: &[u8]) -> bool {
+    if bytes.len() < SHORT_TEXT {
+        return needs_scrub_short(bytes);
+    }
     may_contain_jwt(bytes) || may_contain_bearer(bytes) || aws_secrets(bytes).next().is_some()
 }
 
 /// Scrub secrets from `s`. Borrowed when nothing was found (the common case costs one scan).
 pub fn scrub(s: &str) -> Cow<'_, str> {
-    if s.len() < SHORTEST || !needs_scrub(s.as_bytes()) {
+    if !may_need_scrub(s.as_bytes()) {
         return Cow::Borrowed(s);
     }
     scrub_with_patterns(s)
+}
+
+/// Whether [`scrub`] could change the text of `bytes` (false means it returns it as it is): a
+/// test on bytes, for text not yet checked to be UTF-8.
+pub(crate) fn may_need_scrub(bytes: &[u8]) -> bool {
+    bytes.len() >= SHORTEST && needs_scrub(bytes)
+}
+
+/// Scrub secrets from a JSON text (a log line, a line of OTLP/JSON): every string in it, keys
+/// included, is scrubbed as [`scrub`] scrubs the text it stands for, and written again only when
+/// something was replaced. Scrubbing the encoded text instead would miss what JSON escaping
+/// hides: in `"Bearer\tabc"` the credential follows a `\t` escape, not whitespace, and in
+/// `"\n` + a 40-character AWS secret + `"` the `n` of the escape lengthens the run to 41.
+/// Only strings hold text (numbers are digits, the rest is JSON's own punctuation). A text that
+/// is not valid JSON is scrubbed as plain text.
+pub fn scrub_json(text: &str) -> Cow<'_, str> {
+    // The prefilter for encoded text: the keyword and JWT tests are unaffected by escapes (no
+    // escape sequence holds `b`/`B` or sits inside a JWT); a secret run is any run of 40 or
+    // more, whatever its length or letters, since an escape's letter may have joined it.
+    let bytes = text.as_bytes();
+    if text.len() < SHORTEST
+        || !(may_contain_jwt(bytes)
+            || may_contain_bearer(bytes)
+            || aws_runs(bytes).next().is_some())
+    {
+        return Cow::Borrowed(text);
+    }
+    scrub_json_strings(text).unwrap_or_else(|| scrub_with_patterns(text))
+}
+
+/// [`scrub_json`] past its prefilter: each string literal of `text`, decoded when it holds
+/// escapes, scrubbed, and written back (JSON-encoded) only when something was replaced; the
+/// rest of the text is kept byte for byte. `None` when `text` is not valid JSON where it was
+/// read (an unterminated or undecodable string).
+fn scrub_json_strings(text: &str) -> Option<Cow<'_, str>> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    // Outside strings a valid JSON text has no quote but those that open strings.
+    while let Some(q) = memchr::memchr(b'"', &bytes[at..]) {
+        let open = at + q;
+        let mut i = open + 1;
+        let mut escaped = false;
+        let close = loop {
+            let k = i + memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+            if bytes[k] == b'"' {
+                break k;
+            }
+            escaped = true;
+            i = k + 2;
+        };
+        let decoded: Cow<'_, str> = if escaped {
+            Cow::Owned(serde_json::from_str::<String>(&text[open..=close]).ok()?)
+        } else {
+            Cow::Borrowed(&text[open + 1..close])
+        };
+        if let Cow::Owned(clean) = scrub(&decoded) {
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[copied..open]);
+            o.push_str(&serde_json::to_string(&clean).ok()?);
+            copied = close + 1;
+        }
+        at = close + 1;
+    }
+    Some(match out {
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            Cow::Owned(o)
+        }
+        None => Cow::Borrowed(text),
+    })
 }
 
 /// `s` with each of `ranges` (ascending, not overlapping, on character boundaries) replaced.
@@ -426,6 +560,9 @@ mod tests {
                 Just("é".to_owned()),
                 Just("\u{301}".to_owned()),
                 Just("\u{2003}".to_owned()),
+                Just("\t".to_owned()),
+                Just("\r\n".to_owned()),
+                Just("\u{b}".to_owned()),
                 "[A-Za-z0-9/+=]{1,50}",
                 "[A-Za-z0-9/+=]{40}",
                 "[A-Za-z0-9/+=]{100}",
@@ -436,6 +573,38 @@ mod tests {
             ],
             0..12,
         )
+    }
+
+    #[test]
+    fn what_json_escaping_hides_is_scrubbed_and_the_rest_kept() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let cases = [
+            (r"Bearer\topaque0123456789", "opaque0123456789"),
+            (r"x\nBearer opaque0123456789", "opaque0123456789"),
+            (r"basic\r\nopaque0123456789", "opaque0123456789"),
+        ];
+        for (inner, credential) in cases {
+            let line = format!(r#"{{"b":1.5,"key":"{inner}","n":[true,"\u00e9"]}}"#);
+            // What scrubbing the encoded text leaves behind.
+            assert!(scrub(&line).contains(credential), "{line}");
+            let out = scrub_json(&line);
+            assert!(!out.contains(credential), "{out}");
+            assert!(
+                out.starts_with(r#"{"b":1.5,"key":""#)
+                    && out.ends_with(r#"","n":[true,"\u00e9"]}"#),
+                "{out}"
+            );
+        }
+        let line = format!(r#"{{"v":"\n{secret}"}}"#);
+        assert!(scrub(&line).contains(secret));
+        assert_eq!(
+            scrub_json(&line),
+            format!(r#"{{"v":"\n{AWS_SECRET_REDACTED}"}}"#)
+        );
+        // Not JSON: scrubbed as text.
+        assert_eq!(scrub_json("\"Bearer abc"), "\"Bearer [REDACTED]");
+        let clean = r#"{"key":"tokentrail.hop.name","value":{"stringValue":"gateway"}}"#;
+        assert!(matches!(scrub_json(clean), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -505,6 +674,45 @@ mod tests {
         fn the_prefilter_never_changes_the_result(parts in tricky_parts()) {
             let text = parts.concat();
             prop_assert_eq!(scrub(&text), scrub_with_patterns(&text));
+        }
+
+        #[test]
+        fn json_strings_are_scrubbed_as_the_text_they_stand_for(parts in tricky_parts(), other in tricky_parts()) {
+            let text = parts.concat();
+            let key = format!("key:{}", other.concat());
+            let mut object = serde_json::Map::new();
+            object.insert("k".to_owned(), serde_json::json!([text, 7, null, {"n": text}]));
+            object.insert(key.clone(), serde_json::Value::Bool(true));
+            let line = serde_json::Value::Object(object).to_string();
+            let out = scrub_json(&line);
+            let parsed: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+            let clean = scrub(&text).into_owned();
+            prop_assert_eq!(&parsed["k"][0], &serde_json::Value::String(clean.clone()));
+            prop_assert_eq!(&parsed["k"][3]["n"], &serde_json::Value::String(clean.clone()));
+            prop_assert_eq!(&parsed[scrub(&key).as_ref()], &serde_json::Value::Bool(true));
+            if clean == text && scrub(&key) == key {
+                prop_assert_eq!(out.as_ref(), line.as_str());
+            }
+        }
+
+        #[test]
+        fn the_letter_test_finds_every_y_w_and_b(text in "\\PC{0,40}") {
+            let bytes = text.as_bytes();
+            let want = bytes.iter().any(|b| matches!(b | 0x20, b'y' | b'w' | b'b'));
+            prop_assert_eq!(has_scheme_or_jwt_letter(bytes), want);
+        }
+
+        #[test]
+        fn the_short_prefilter_answers_as_the_searchers_do(parts in tricky_parts(), pad in 0usize..300) {
+            let text = parts.concat();
+            let bytes = text.as_bytes();
+            let searchers = may_contain_jwt(bytes)
+                || may_contain_bearer(bytes)
+                || aws_secrets(bytes).next().is_some();
+            prop_assert_eq!(needs_scrub_short(bytes), searchers);
+            // Padded past the short-text limit, through the searchers.
+            let padded = format!("{text}{}", " ".repeat(pad));
+            prop_assert_eq!(scrub(&padded), scrub_with_patterns(&padded));
         }
 
         #[test]

@@ -287,8 +287,8 @@ pub fn segment_value(span: &StoredSpan) -> Value {
 
 fn encoded(doc: &Value) -> String {
     let text = doc.to_string();
-    // Last line: the scrubber's patterns never span a quote or backslash, so the text stays JSON.
-    redact::scrub(&text).into_owned()
+    // Last line: every string of the document, as the text it stands for.
+    redact::scrub_json(&text).into_owned()
 }
 
 /// One span as a segment document (JSON text, scrubbed), at most [`MAX_DOCUMENT_BYTES`]: an

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Instructions a hop executes per request, tracing on and off, counted by valgrind.
+
+    scripts/hop-instructions.py [--bin target/profiling/tokentrail] [--requests 100,1100] \
+        [--out tokentrail-out/instructions]
+
+`tokentrail bench` measures the whole chain's throughput and CPU, but on a shared two-core machine
+two identical runs differ by several per cent, so a change worth 2 % cannot be seen in it. This
+script counts instructions instead, which do not move with the machine's load: it starts a local
+stack (`tokentrail up`) for the IdP and the embedded collector, then runs one extra target hop
+under `valgrind --tool=callgrind`, once traced and once with `OTEL_TRACES_SAMPLER=always_off`,
+for each of two request counts, and sends it that many `GET /orders/A-1001` as alice (a user
+JWT and a sampled `traceparent`, as the gateway sends them). The difference between the two
+counts, divided by the difference in requests, is the cost of one request without the process's
+start and stop. It prints instructions per request on and off, and what tracing adds (one hop
+span: recording, scrubbing, encoding, export). The callgrind files stay in --out for
+`callgrind_annotate` (build with `cargo build --profile profiling` to have symbols).
+
+Needs valgrind (Debian: `apt-get install valgrind`). Only the standard library; nothing is left
+running.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+
+def wait_for_line(path, prefix, proc, limit_s):
+    """The first line of `path` starting with `prefix`, while `proc` runs, within `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited with {proc.returncode}; see {path}")
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return line
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"no line starting with {prefix!r} in {path} within {limit_s} s")
+
+
+def login(idp):
+    body = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "client_id": "tokentrail-app",
+            "username": "alice",
+            "password": "alice-password",
+        }
+    ).encode()
+    with urllib.request.urlopen(idp + "/token", body, timeout=10) as r:
+        return json.load(r)["access_token"]
+
+
+def drive(url, token, n):
+    """n requests on one connection; the number answered 200."""
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    ok = 0
+    for _ in range(n):
+        trace, span = os.urandom(16).hex(), os.urandom(8).hex()
+        conn.request(
+            "GET",
+            "/orders/A-1001",
+            headers={
+                "authorization": "Bearer " + token,
+                "traceparent": f"00-{trace}-{span}-01",
+            },
+        )
+        r = conn.getresponse()
+        r.read()
+        ok += r.status == 200
+    conn.close()
+    return ok
+
+
+def instructions(path):
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(summary|totals):\s*(\d+)", line)
+            if m:
+                return int(m.group(2))
+    sys.exit(f"no instruction total in {path}")
+
+
+def run_target(args, env, mode, n, token):
+    """Total instructions of one target process serving n requests."""
+    out = os.path.join(args.out, f"callgrind.{mode}.{n}")
+    log = os.path.join(args.out, f"target.{mode}.{n}.out")
+    hop_env = dict(env)
+    if mode == "off":
+        hop_env["OTEL_TRACES_SAMPLER"] = "always_off"
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", args.bin, "serve", "target"],
+            env=hop_env,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        url = wait_for_line(log, "READY ", proc, 120).split()[2]
+        ok = drive(url, token, n)
+        if ok != n:
+            sys.exit(f"the target answered 200 to {ok} of {n} requests")
+        time.sleep(1)  # one more export interval
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    return instructions(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bin", default="target/profiling/tokentrail")
+    p.add_argument("--requests", default="100,1100", help="two request counts, e.g. 100,1100")
+    p.add_argument("--out", default="tokentrail-out/instructions")
+    args = p.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
+    if not os.access(args.bin, os.X_OK):
+        sys.exit(f"{args.bin} is not built: cargo build --profile profiling -p tokentrail")
+    try:
+        small, large = (int(x) for x in args.requests.split(","))
+    except ValueError:
+        sys.exit(f"--requests takes two counts, e.g. 100,1100, not {args.requests!r}")
+    if not 0 < small < large:
+        sys.exit("--requests: the second count must be larger than the first, both above 0")
+    os.makedirs(args.out, exist_ok=True)
+    stack_out = os.path.join(args.out, "stack")
+    up_log = os.path.join(args.out, "up.log")
+    with open(up_log, "w") as stdout:
+        up = subprocess.Popen(
+            [args.bin, "up", "--out", stack_out], stdout=stdout, stderr=subprocess.STDOUT
+        )
+    try:
+        idp = wait_for_line(up_log, "  idp ", up, 120).split()[1]
+        collector = wait_for_line(up_log, "  collector ", up, 10).split()[1]
+        collector = collector.removesuffix("/v1/traces")
+        with open(os.path.join(stack_out, "stack-passthrough.key")) as f:
+            key = f.read().strip()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OTEL_", "TOKENTRAIL_"))
+        }
+        env.update(
+            {
+                "TOKENTRAIL_ISSUER": idp,
+                "TOKENTRAIL_COLLECTOR_ENDPOINT": collector,
+                "TOKENTRAIL_FINGERPRINT_KEY": key,
+                "TOKENTRAIL_PATTERN": "passthrough",
+                "TOKENTRAIL_LOG": "off",
+                "OTEL_BSP_SCHEDULE_DELAY": "200",
+            }
+        )
+        token = login(idp)
+        per_request = {}
+        for mode in ("on", "off"):
+            counts = {}
+            for n in (small, large):
+                counts[n] = run_target(args, env, mode, n, token)
+                print(f"tracing {mode:3} {n:6} requests: {counts[n]:,} instructions", flush=True)
+            per_request[mode] = (counts[large] - counts[small]) / (large - small)
+        on, off = per_request["on"], per_request["off"]
+        print(f"per request: on {on:,.0f}, off {off:,.0f}, tracing adds {on - off:,.0f} ({(on - off) / off:+.1%})")
+        print(f"callgrind files: {args.out}/callgrind.*")
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+if __name__ == "__main__":
+    main()
