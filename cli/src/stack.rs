@@ -743,13 +743,13 @@ fn lock_out_dir(out: &Path, pattern: Pattern) -> Result<std::fs::File> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     // A `tokentrail call` asking whether a stack runs holds a shared lock for an instant: look
     // again for a moment before calling the directory taken.
-    for attempt in 0..10 {
+    for attempt in 1..=10 {
         match file.try_lock() {
             Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if attempt < 9 => {
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 10 => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }

@@ -373,9 +373,11 @@ pub(crate) fn may_need_scrub(bytes: &[u8]) -> bool {
 /// Only strings hold text (numbers are digits, the rest is JSON's own punctuation). A text that
 /// is not valid JSON is scrubbed as plain text.
 pub fn scrub_json(text: &str) -> Cow<'_, str> {
-    // The prefilter for encoded text: the keyword and JWT tests are unaffected by escapes (no
-    // escape sequence holds `b`/`B` or sits inside a JWT); a secret run is any run of 40 or
-    // more, whatever its length or letters, since an escape's letter may have joined it.
+    // The prefilter for encoded text. JSON as serde writes it (every JSON text scrubbed here)
+    // escapes no letter, digit or non-ASCII character, so a scheme keyword or a JWT appears in
+    // it as it is (an escape such as `\b` only adds candidates, which the strings' own scrub
+    // then clears); a secret run is any run of 40 or more, whatever its length or letters,
+    // since an escape's letter may have joined it.
     let bytes = text.as_bytes();
     if text.len() < SHORTEST
         || !(may_contain_jwt(bytes)
