@@ -200,6 +200,29 @@ fn up_call_audit_and_ctrl_c() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
+    // `load` drives both patterns unless told otherwise: with one stack up it says what to do,
+    // before sending anything.
+    let load = Command::new(support::bin())
+        .args([
+            "load",
+            "--duration",
+            "1s",
+            "--rate",
+            "5",
+            "--warmup",
+            "0s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("tokentrail load runs");
+    assert!(!load.status.success());
+    let said = String::from_utf8_lossy(&load.stderr);
+    assert!(
+        said.contains("start the broker stack too, or load one with `--pattern passthrough`"),
+        "{said}"
+    );
+
     // Ctrl-C: the stack stops, flushing every hop's spans, and leaves no hop running.
     stops_cleanly_on(&mut up, "-INT");
     let left: Vec<u32> = hops.into_iter().filter(|p| alive(*p)).collect();

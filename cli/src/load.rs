@@ -683,7 +683,18 @@ pub async fn run(opts: &LoadOptions) -> Result<Value> {
             endpoints.push(stack.endpoints.clone());
             stacks.push(stack);
         } else {
-            endpoints.push(crate::app::running_stack(&opts.out, *p)?);
+            let running = crate::app::running_stack(&opts.out, *p);
+            endpoints.push(if opts.patterns.len() > 1 {
+                running.with_context(|| {
+                    format!(
+                        "both patterns are loaded (`--pattern both`, the default): start the \
+                         {p} stack too, or load one with `--pattern passthrough` or `--pattern \
+                         broker`"
+                    )
+                })?
+            } else {
+                running?
+            });
         }
     }
     let result = drive(opts, &endpoints, &plan).await;
