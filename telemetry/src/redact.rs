@@ -322,33 +322,35 @@ fn has_scheme_or_jwt_letter(bytes: &[u8]) -> bool {
     any(word)
 }
 
-/// [`needs_scrub`] for a short text: one pass over its bytes looking for the first byte of a
-/// JWT (`e` then `y`/`w`) and of an authentication scheme (`b`/`B`), each checked where found,
-/// then the AWS secret runs, which need 40 bytes. The same answer as the searchers give.
-fn needs_scrub_short(bytes: &[u8]) -> bool {
-    if !has_scheme_or_jwt_letter(bytes) {
-        return bytes.len() >= AWS_MIN && aws_secrets(bytes).next().is_some();
-    }
-    for (p, &b) in bytes.iter().enumerate() {
-        let candidate = match b {
-            b'e' => matches!(bytes.get(p + 1), Some(b'y' | b'w')) && starts_jwt(bytes, p),
-            b'b' | b'B' => scheme_at(bytes, p).is_some(),
-            _ => false,
-        };
-        if candidate {
-            return true;
-        }
-    }
-    bytes.len() >= AWS_MIN && aws_secrets(bytes).next().is_some()
+/// A short text's JWT and scheme test: one pass over its bytes looking for the first byte of a
+/// JWT (`e` then `y`/`w`) and of an authentication scheme (`b`/`B`), each checked where found.
+/// The same answer as the searchers give.
+fn short_jwt_or_scheme(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(p, &b)| match b {
+        b'e' => matches!(bytes.get(p + 1), Some(b'y' | b'w')) && starts_jwt(bytes, p),
+        b'b' | b'B' => scheme_at(bytes, p).is_some(),
+        _ => false,
+    })
+}
+
+/// The prefilter of [`scrub`] and [`scrub_json`]: whether `bytes` may hold the start of a JWT
+/// or of a credential after an authentication scheme, or a run of 40 or more of the AWS secret
+/// class that `secret_run` accepts. A short text (attribute keys and values) is tested in one
+/// pass, after an eight-bytes-at-a-time test for the letters those starts need; a long one with
+/// the vectorised searchers.
+fn candidates(bytes: &[u8], secret_run: impl Fn(&[u8]) -> bool) -> bool {
+    let jwt_or_scheme = if bytes.len() < SHORT_TEXT {
+        has_scheme_or_jwt_letter(bytes) && short_jwt_or_scheme(bytes)
+    } else {
+        may_contain_jwt(bytes) || may_contain_bearer(bytes)
+    };
+    jwt_or_scheme || (bytes.len() >= AWS_MIN && secret_run(bytes))
 }
 
 /// One pass deciding whether [`scrub`] could change `bytes` (true whenever any of its patterns
 /// would replace something; the common case, false, costs one cheap scan).
 fn needs_scrub(bytes: &[u8]) -> bool {
-    if bytes.len() < SHORT_TEXT {
-        return needs_scrub_short(bytes);
-    }
-    may_contain_jwt(bytes) || may_contain_bearer(bytes) || aws_secrets(bytes).next().is_some()
+    candidates(bytes, |b| aws_secrets(b).next().is_some())
 }
 
 /// Scrub secrets from `s`. Borrowed when nothing was found (the common case costs one scan).
@@ -378,12 +380,7 @@ pub fn scrub_json(text: &str) -> Cow<'_, str> {
     // it as it is (an escape such as `\b` only adds candidates, which the strings' own scrub
     // then clears); a secret run is any run of 40 or more, whatever its length or letters,
     // since an escape's letter may have joined it.
-    let bytes = text.as_bytes();
-    if text.len() < SHORTEST
-        || !(may_contain_jwt(bytes)
-            || may_contain_bearer(bytes)
-            || aws_runs(bytes).next().is_some())
-    {
+    if text.len() < SHORTEST || !candidates(text.as_bytes(), |b| aws_runs(b).next().is_some()) {
         return Cow::Borrowed(text);
     }
     scrub_json_strings(text).unwrap_or_else(|| scrub_with_patterns(text))
@@ -711,7 +708,8 @@ mod tests {
             let searchers = may_contain_jwt(bytes)
                 || may_contain_bearer(bytes)
                 || aws_secrets(bytes).next().is_some();
-            prop_assert_eq!(needs_scrub_short(bytes), searchers);
+            prop_assert_eq!(has_scheme_or_jwt_letter(bytes) && short_jwt_or_scheme(bytes)
+                || aws_secrets(bytes).next().is_some(), searchers);
             // Padded past the short-text limit, through the searchers.
             let padded = format!("{text}{}", " ".repeat(pad));
             prop_assert_eq!(scrub(&padded), scrub_with_patterns(&padded));
