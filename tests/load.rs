@@ -371,5 +371,38 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
     assert!(!out.join("tracing-on/logs/gateway.log").exists());
     assert!(out.join("tracing-off-a/logs/gateway.log").exists());
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "kept");
+
+    // Tracing's cost split: spans sent to a receiver that keeps none (a collector elsewhere)
+    // leave the store empty, and the receiver says what it was sent; spans only recorded
+    // reach nothing.
+    let stdout = small_bench(&["--traced", "send"]);
+    assert!(
+        stdout.contains("(spans sent to a receiver that keeps none) / off")
+            && stdout.contains("app + receiver")
+            && stdout.contains("the receiver kept none of the "),
+        "{stdout}"
+    );
+    assert!(support::traces(&out.join("tracing-on")).is_empty());
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(doc["traced"], "send", "{doc}");
+    assert!(doc["cpu_us_per_request"]["app + receiver"]["on"].is_number());
+    let stdout = small_bench(&["--traced", "record"]);
+    assert!(
+        stdout.contains("(spans recorded, none exported) / off") && !stdout.contains("receiver"),
+        "{stdout}"
+    );
+    assert!(support::traces(&out.join("tracing-on")).is_empty());
+    let err = support::failed(
+        &std::process::Command::new(support::bin())
+            .args(["bench", "--calibrate", "--traced", "send", "--out"])
+            .arg(&out)
+            .output()
+            .expect("tokentrail runs"),
+    );
+    assert!(
+        err.contains("--calibrate runs both stacks untraced, so `--traced send` has nothing"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -48,6 +48,18 @@ pub fn succeeded(run: &std::process::Output) -> String {
     stdout
 }
 
+/// The stderr of a run that must have failed (the assertion shows its stdout and stderr if it
+/// did not).
+pub fn failed(run: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        !run.status.success(),
+        "succeeded where it must fail: {}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    stderr
+}
+
 /// A fresh temporary directory.
 pub fn tempdir(name: &str) -> PathBuf {
     let nonce: u64 = std::time::SystemTime::now()

@@ -192,32 +192,27 @@ fn up_call_audit_and_ctrl_c() {
         expired.contains("gateway.interceptor") && expired.contains("expired"),
         "{expired}"
     );
-    let refused = call(&["--user", "mallory"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("login of `mallory` failed"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let refused = support::failed(&call(&["--user", "mallory"]));
+    assert!(refused.contains("login of `mallory` failed"), "{refused}");
 
     // `load` drives both patterns unless told otherwise: with one stack up it says what to do,
     // before sending anything.
-    let load = Command::new(support::bin())
-        .args([
-            "load",
-            "--duration",
-            "1s",
-            "--rate",
-            "5",
-            "--warmup",
-            "0s",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("tokentrail load runs");
-    assert!(!load.status.success());
-    let said = String::from_utf8_lossy(&load.stderr);
+    let said = support::failed(
+        &Command::new(support::bin())
+            .args([
+                "load",
+                "--duration",
+                "1s",
+                "--rate",
+                "5",
+                "--warmup",
+                "0s",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .expect("tokentrail load runs"),
+    );
     assert!(
         said.contains("start the broker stack too, or load one with `--pattern passthrough`"),
         "{said}"
@@ -304,9 +299,7 @@ fn a_killed_stack_is_gone_and_a_hangup_stops_one() {
         out.join("stack-passthrough.json").exists(),
         "a killed stack leaves its description"
     );
-    let stale = call(&out, &["--user", "alice"]);
-    assert!(!stale.status.success());
-    let said = String::from_utf8_lossy(&stale.stderr);
+    let said = support::failed(&call(&out, &["--user", "alice"]));
     assert!(said.contains("is not running any more"), "{said}");
 
     let mut up = Up::start(&out, Stdio::piped(), Stdio::null());

@@ -3,7 +3,9 @@
 //! in every hop and unsampled app spans); rounds alternate between them so drift of the machine
 //! hits both alike. Each worker logs in once and reuses its token, so the IdP's signing cost is
 //! not part of the measurement. `--calibrate` runs both stacks untraced (an A/A run) to show how
-//! far two identical stacks differ on this machine.
+//! far two identical stacks differ on this machine. `--traced` chooses what the traced stack
+//! does with its spans, to split tracing's cost: store them as the local stack does, send them
+//! to a receiver that keeps nothing (a collector elsewhere), or only record them.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +20,54 @@ use telemetry::TraceContext;
 use crate::app::{App, CallSpec, Outcome};
 use crate::stack::{Stack, StackOptions};
 
+/// What the traced stack does with its spans (`--traced`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traced {
+    /// Export them to the embedded collector, which writes each to `traces.jsonl` on the same
+    /// CPUs: the local stack as `tokentrail up` runs it.
+    #[default]
+    Store,
+    /// Export them over OTLP/HTTP to a receiver that answers like the collector and keeps
+    /// nothing: what tracing costs the hops when their collector runs elsewhere, as in a
+    /// deployment.
+    Send,
+    /// Record them and export none (`OTEL_TRACES_EXPORTER=none` in the traced stack): the cost
+    /// of the SDK's span recording alone.
+    Record,
+}
+
+impl Traced {
+    fn as_str(self) -> &'static str {
+        match self {
+            Traced::Store => "store",
+            Traced::Send => "send",
+            Traced::Record => "record",
+        }
+    }
+
+    /// What the bench process (the app, and whatever receives the spans in it) is called in the
+    /// CPU table.
+    fn this_process(self) -> &'static str {
+        match self {
+            Traced::Store => "app + collector",
+            Traced::Send => "app + receiver",
+            Traced::Record => "app",
+        }
+    }
+
+    /// The words after "tracing on" on the ratio line.
+    fn ratio(self) -> &'static str {
+        match self {
+            Traced::Store => "throughput with tracing on / off",
+            Traced::Send => {
+                "throughput with tracing on (spans sent to a receiver that keeps none) / off"
+            }
+            Traced::Record => "throughput with tracing on (spans recorded, none exported) / off",
+        }
+    }
+}
+
 /// What the two stacks are and how the report names them.
 #[derive(Debug, Clone, Copy)]
 struct Modes {
@@ -29,23 +79,29 @@ struct Modes {
     difference: &'static str,
     /// The ratio line's words.
     ratio: &'static str,
+    /// The CPU table's name for this process.
+    this_process: &'static str,
 }
 
 impl Modes {
-    fn new(calibrate: bool) -> Self {
+    /// Two untraced stacks when `calibrate`, else a traced one (doing `traced` with its spans)
+    /// and an untraced one.
+    fn new(calibrate: bool, traced: Traced) -> Self {
         if calibrate {
             Self {
                 names: ["off-a", "off-b"],
                 traced: [false, false],
                 difference: "a - b",
                 ratio: "throughput of two untraced stacks, a / b (this machine's noise)",
+                this_process: "app + collector",
             }
         } else {
             Self {
                 names: ["on", "off"],
                 traced: [true, false],
                 difference: "tracing adds",
-                ratio: "throughput with tracing on / off",
+                ratio: traced.ratio(),
+                this_process: traced.this_process(),
             }
         }
     }
@@ -225,7 +281,7 @@ fn cpu_report(cpu: &[ModeCpu; 2], requests: [usize; 2], modes: Modes) -> Option<
     rows.push((HOPS_SERVING.into(), [0, 1].map(|i| hops[i] - exports[i])));
     rows.push((HOPS_EXPORTING.into(), exports));
     let this = [0, 1].map(|i| per_request(cpu[i].this_process, requests[i]));
-    rows.push(("app + collector".into(), this));
+    rows.push((modes.this_process.into(), this));
     rows.push(("everything".into(), [0, 1].map(|i| hops[i] + this[i])));
     println!(
         "\nCPU per request (user + system over each round and its export drain, 10 ms ticks):"
@@ -349,8 +405,17 @@ pub async fn run(
     concurrency: usize,
     rounds: usize,
     calibrate: bool,
+    traced: Option<Traced>,
 ) -> Result<ExitCode> {
-    let modes = Modes::new(calibrate);
+    if calibrate && let Some(t) = traced {
+        bail!(
+            "--calibrate runs both stacks untraced, so `--traced {}` has nothing to apply to: \
+             leave one of them out",
+            t.as_str()
+        );
+    }
+    let traced = traced.unwrap_or_default();
+    let modes = Modes::new(calibrate, traced);
     let per_worker = per_worker(requests, concurrency, rounds)?;
     let measured = per_worker * concurrency * rounds;
     let left_out = if measured < requests {
@@ -366,7 +431,7 @@ pub async fn run(
     let dirs = modes.names.map(dir_of);
     // What any earlier run left, calibration or not, so the directory holds this run alone.
     for any_kind in [false, true] {
-        for name in Modes::new(any_kind).names {
+        for name in Modes::new(any_kind, traced).names {
             clear_previous_run(&dir_of(name))?;
         }
     }
@@ -380,9 +445,39 @@ pub async fn run(
                 .push(("OTEL_TRACES_SAMPLER".into(), "always_off".into()));
         }
     }
+    // Where the traced stack's spans go when the embedded collector does not store them.
+    let mut receiver = None;
+    if !calibrate {
+        match traced {
+            Traced::Store => {}
+            Traced::Send => {
+                let sink = std::sync::Arc::new(local::collector::Discard::default());
+                let (addr, task) = local::serve(
+                    local::collector::discard_router(sink.clone()),
+                    ([127, 0, 0, 1], 0).into(),
+                )
+                .await
+                .context("cannot start the receiver that keeps no span")?;
+                let url = format!("http://{addr}");
+                on_opts
+                    .extra_env
+                    .push((telemetry::COLLECTOR_ENV.into(), url.clone()));
+                receiver = Some((sink, url, task));
+            }
+            Traced::Record => on_opts
+                .extra_env
+                .push((telemetry::TRACES_EXPORTER_ENV.into(), "none".into())),
+        }
+    }
     let on = Stack::start(&on_opts).await?;
     let off = Stack::start(&off_opts).await?;
-    let telemetry = crate::stack::init_app_telemetry(&on.endpoints)?;
+    let telemetry = match (calibrate, traced, &receiver) {
+        (false, Traced::Send, Some((_, url, _))) => {
+            crate::stack::init_app_telemetry_to(&on.endpoints, Some(url.clone()))?
+        }
+        (false, Traced::Record, _) => crate::stack::init_app_telemetry_to(&on.endpoints, None)?,
+        _ => crate::stack::init_app_telemetry(&on.endpoints)?,
+    };
     let apps = [
         (modes.traced[0], App::new(on.endpoints.clone())?),
         (modes.traced[1], App::new(off.endpoints.clone())?),
@@ -451,11 +546,28 @@ pub async fn run(
     let pairs = round_ratios(&round_times[0], &round_times[1]);
     println!("{}: {ratio:.3}{}", modes.ratio, spread(&pairs));
     let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()], modes);
+    if let Some((sink, _, task)) = &receiver {
+        task.abort();
+        // A run whose spans never left the hops would measure recording, not sending.
+        if sink.trace_exports() == 0 {
+            bail!(
+                "the receiver that keeps no span was sent none: the traced stack did not export, \
+                 so this run measured nothing of sending"
+            );
+        }
+        println!(
+            "the receiver kept none of the {} trace exports ({:.1} MB of OTLP/HTTP protobuf) it \
+             was sent",
+            sink.trace_exports(),
+            sink.trace_bytes() as f64 / 1e6
+        );
+    }
     let path = out.join("bench.json");
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&json!({
             "calibrate": calibrate,
+            "traced": (!calibrate).then_some(traced),
             "concurrency": concurrency,
             "rounds": rounds,
             "results": results,
@@ -526,10 +638,30 @@ mod tests {
 
     #[test]
     fn a_calibration_run_traces_neither_stack() {
-        assert_eq!(Modes::new(false).traced, [true, false]);
-        assert_eq!(Modes::new(false).names, ["on", "off"]);
-        assert_eq!(Modes::new(true).traced, [false, false]);
-        assert_eq!(Modes::new(true).names, ["off-a", "off-b"]);
+        assert_eq!(Modes::new(false, Traced::Store).traced, [true, false]);
+        assert_eq!(Modes::new(false, Traced::Store).names, ["on", "off"]);
+        assert_eq!(Modes::new(true, Traced::Store).traced, [false, false]);
+        assert_eq!(Modes::new(true, Traced::Store).names, ["off-a", "off-b"]);
+    }
+
+    #[test]
+    fn the_report_names_where_the_traced_stacks_spans_went() {
+        let modes = |t| Modes::new(false, t);
+        assert_eq!(modes(Traced::Store).this_process, "app + collector");
+        assert_eq!(modes(Traced::Send).this_process, "app + receiver");
+        assert_eq!(modes(Traced::Record).this_process, "app");
+        assert_eq!(
+            modes(Traced::Store).ratio,
+            "throughput with tracing on / off"
+        );
+        assert!(modes(Traced::Send).ratio.contains("keeps none"));
+        assert!(modes(Traced::Record).ratio.contains("none exported"));
+        // A calibration run traces nothing, whatever --traced would have said.
+        assert_eq!(
+            Modes::new(true, Traced::Send).this_process,
+            "app + collector"
+        );
+        assert_eq!(serde_json::to_value(Traced::Send).ok(), Some(json!("send")));
     }
 
     #[test]

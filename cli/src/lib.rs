@@ -116,6 +116,13 @@ pub enum Command {
         /// stacks differ on this machine, the resolution of an on/off comparison.
         #[arg(long)]
         calibrate: bool,
+        /// What the traced stack does with its spans: `store` them (the embedded collector
+        /// writes traces.jsonl on the same CPUs, as `tokentrail up` runs), `send` them to a
+        /// receiver that keeps none (what tracing costs the hops when the collector runs
+        /// elsewhere), or `record` them and export none (the SDK's recording alone).
+        /// Default: store.
+        #[arg(long, value_enum)]
+        traced: Option<bench::Traced>,
     },
     /// Start the stack, send a scripted mix of good and bad requests, print what happened.
     Demo {
@@ -434,7 +441,8 @@ pub fn main() -> ExitCode {
                 concurrency,
                 rounds,
                 calibrate,
-            } => bench::run(&out, requests, concurrency, rounds, calibrate).await,
+                traced,
+            } => bench::run(&out, requests, concurrency, rounds, calibrate, traced).await,
         }
     });
     match result {

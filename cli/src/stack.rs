@@ -480,10 +480,7 @@ impl Stack {
             }
         };
         let mut env = BTreeMap::new();
-        env.insert(
-            "TOKENTRAIL_COLLECTOR_ENDPOINT".to_owned(),
-            collector_url.clone(),
-        );
+        env.insert(telemetry::COLLECTOR_ENV.to_owned(), collector_url.clone());
         env.insert(
             telemetry::fingerprint::KEY_ENV.to_owned(),
             key.expose_secret().to_owned(),
@@ -862,13 +859,33 @@ pub fn init_app_telemetry_with(
     endpoints: &Endpoints,
     xray: Option<String>,
 ) -> Result<telemetry::Telemetry> {
+    // Over OTLP/HTTP the collector forwards for the app; over gRPC the app exports itself.
+    let grpc = otlp_grpc_requested();
+    app_telemetry(endpoints, Some(endpoints.collector.clone()), grpc, xray)
+}
+
+/// Telemetry for the app that exports its spans over OTLP/HTTP to `collector` (a base URL)
+/// instead of the stack's collector, or records them and exports none (`None`); nowhere else
+/// (neither the `OTEL_EXPORTER_OTLP_*` endpoint nor X-Ray).
+pub fn init_app_telemetry_to(
+    endpoints: &Endpoints,
+    collector: Option<String>,
+) -> Result<telemetry::Telemetry> {
+    app_telemetry(endpoints, collector, false, None)
+}
+
+fn app_telemetry(
+    endpoints: &Endpoints,
+    collector: Option<String>,
+    otlp_from_env: bool,
+    xray: Option<String>,
+) -> Result<telemetry::Telemetry> {
     let logs = endpoints.out.join("logs");
     std::fs::create_dir_all(&logs)?;
     Ok(telemetry::init(telemetry::TelemetryConfig {
         service: telemetry::Service::App,
-        collector_endpoint: Some(endpoints.collector.clone()),
-        // Over OTLP/HTTP the collector forwards for the app; over gRPC the app exports itself.
-        otlp_from_env: otlp_grpc_requested(),
+        collector_endpoint: collector,
+        otlp_from_env,
         log_to: telemetry::LogTo::File(logs.join("app.log")),
         export_timeout: Duration::from_secs(5),
         xray,

@@ -255,6 +255,11 @@ fn otlp_content_type(
             "the collector is unavailable (injected outage)",
         ));
     }
+    uncompressed_content_type(headers)
+}
+
+/// The content type of an OTLP request, or why it is refused (a compressed body).
+fn uncompressed_content_type(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity")
@@ -334,4 +339,55 @@ async fn receive(
         }
         Err(refused) => refused.into_response(),
     }
+}
+
+/// An OTLP/HTTP receiver that answers every export as the collector does (a compressed body is
+/// refused the same way) and keeps nothing: it stands in for a collector on another machine, so
+/// `tokentrail bench --traced send` measures what exporting costs the hops without the local
+/// store's decoding and writing on the same CPUs. It counts what it was sent.
+#[derive(Debug, Default)]
+pub struct Discard {
+    trace_exports: AtomicU64,
+    trace_bytes: AtomicU64,
+}
+
+impl Discard {
+    /// Trace exports answered.
+    pub fn trace_exports(&self) -> u64 {
+        self.trace_exports.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of those exports' bodies.
+    pub fn trace_bytes(&self) -> u64 {
+        self.trace_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Router of a [`Discard`] receiver: `POST /v1/traces`, `POST /v1/metrics`.
+pub fn discard_router(sink: Arc<Discard>) -> Router {
+    async fn traces(
+        State(sink): State<Arc<Discard>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Response {
+        match uncompressed_content_type(&headers) {
+            Ok(ct) => {
+                sink.trace_exports.fetch_add(1, Ordering::Relaxed);
+                sink.trace_bytes
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                accepted(&ct)
+            }
+            Err(refused) => refused.into_response(),
+        }
+    }
+    async fn metrics(headers: HeaderMap) -> Response {
+        match uncompressed_content_type(&headers) {
+            Ok(ct) => accepted(&ct),
+            Err(refused) => refused.into_response(),
+        }
+    }
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .with_state(sink)
 }

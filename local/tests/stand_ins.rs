@@ -76,6 +76,52 @@ async fn collector_accepts_otlp_json_and_protobuf_and_rejects_garbage() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The receiver `tokentrail bench --traced send` exports to: it answers as the collector does,
+/// in the request's encoding, refuses what the collector refuses, keeps nothing and counts.
+#[tokio::test]
+async fn the_discarding_receiver_answers_like_the_collector_and_counts() {
+    let sink = std::sync::Arc::new(local::collector::Discard::default());
+    let (addr, _t) = local::serve(
+        local::collector::discard_router(sink.clone()),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("serve");
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, ct: &'static str, encoding: Option<&'static str>| {
+        let mut r = http
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", ct)
+            .body(vec![0x0a, 0x00]);
+        if let Some(e) = encoding {
+            r = r.header("content-encoding", e);
+        }
+        r.send()
+    };
+    let r = post("/v1/traces", "application/x-protobuf", None)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+    assert!(r.bytes().await.expect("body").is_empty());
+    let r = post("/v1/traces", "application/json", None)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "{}");
+    let r = post("/v1/metrics", "application/x-protobuf", None)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let r = post("/v1/traces", "application/x-protobuf", Some("gzip"))
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 415);
+    assert!(r.text().await.expect("body").contains("send uncompressed"));
+    // Two trace exports of two bytes were taken; metrics and refused exports are not counted.
+    assert_eq!((sink.trace_exports(), sink.trace_bytes()), (2, 4));
+}
+
 #[tokio::test]
 async fn idp_rotation_keeps_the_previous_key_and_oauth_errors_are_clear() {
     let (issuer, _t) = local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
