@@ -31,27 +31,6 @@ fn cargo_lambda() -> Option<PathBuf> {
     }
 }
 
-/// Wait (up to 10 s) until `child` accepts connections on `port`; false at once if it exits
-/// first (e.g. another process took the port after it was chosen).
-async fn listens_while_running(port: u16, child: &mut Child) -> bool {
-    for _ in 0..200 {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            // The connection may have reached another process holding the port: only an
-            // emulator still running after it owns the port.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return matches!(child.try_wait(), Ok(None));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// `cargo lambda watch` (Lambda APIs only) on a free loopback port, started again on a fresh
 /// port when it cannot listen on the one chosen.
 async fn start_emulator(cargo_lambda: &PathBuf) -> (u16, Child) {
@@ -72,7 +51,12 @@ async fn start_emulator(cargo_lambda: &PathBuf) -> (u16, Child) {
             .kill_on_drop(true)
             .spawn()
             .expect("cargo lambda watch starts");
-        if listens_while_running(port, &mut emulator).await {
+        let listens = || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        };
+        if support::ready_while_running(&mut emulator, Duration::from_secs(10), listens).await {
             return (port, emulator);
         }
     }

@@ -310,19 +310,35 @@ pub struct Jaeger {
 /// exits first (e.g. one of its ports was taken).
 pub async fn answers_while_running(query: u16, child: &mut tokio::process::Child) -> bool {
     let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http
+    ready_while_running(child, Duration::from_secs(30), || {
+        let get = http
             .get(format!("http://127.0.0.1:{query}/api/services"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return true;
-        }
-        if !matches!(child.try_wait(), Ok(None)) {
+            .send();
+        async move { get.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
+}
+
+/// Poll `ready` until it says yes, up to `limit`; false at once if `child` exits first (e.g.
+/// another process took a port it was given after the port was chosen), and false if it exits
+/// just after `ready` said yes (the answer then came from another process on that port: only a
+/// child still running after it owns it).
+pub async fn ready_while_running<F: std::future::Future<Output = bool>>(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+    mut ready: impl FnMut() -> F,
+) -> bool {
+    let running = |child: &mut tokio::process::Child| matches!(child.try_wait(), Ok(None));
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if !running(child) {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ready().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return running(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
 }
