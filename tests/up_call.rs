@@ -299,8 +299,22 @@ fn a_killed_stack_is_gone_and_a_hangup_stops_one() {
         out.join("stack-passthrough.json").exists(),
         "a killed stack leaves its description"
     );
+    assert!(out.join("stack-passthrough.key").exists());
     let said = support::failed(&call(&out, &["--user", "alice"]));
-    assert!(said.contains("is not running any more"), "{said}");
+    assert!(
+        said.contains("is not running any more")
+            && said.contains("Its description and fingerprint key were removed."),
+        "{said}"
+    );
+    // The secret key does not outlive the stack longer than the next call that finds it dead.
+    assert!(
+        !out.join("stack-passthrough.key").exists() && !out.join("stack-passthrough.json").exists()
+    );
+    let said = support::failed(&call(&out, &["--user", "alice"]));
+    assert!(
+        said.contains("no running passthrough stack found"),
+        "{said}"
+    );
 
     let mut up = Up::start(&out, Stdio::piped(), Stdio::null());
     wait_until_up(&mut up);

@@ -395,10 +395,16 @@ pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
         )
     })?;
     if !crate::stack::is_running(out, pattern)? {
+        // What it left is of no use to anyone, and the key is a secret: clear it now.
+        let cleared = match crate::stack::remove_dead_stack(out, pattern) {
+            Ok(true) => " Its description and fingerprint key were removed.".to_owned(),
+            Ok(false) => String::new(),
+            Err(e) => format!(" What it left could not be removed: {e:#}."),
+        };
         bail!(
             "the {pattern} stack described in {} is not running any more (its `tokentrail up` \
              ended without stopping it, e.g. it was killed): start one with `tokentrail up \
-             --pattern {pattern} --out {}`",
+             --pattern {pattern} --out {}`.{cleared}",
             path.display(),
             out.display()
         );

@@ -782,6 +782,35 @@ pub fn is_running(out: &Path, pattern: Pattern) -> Result<bool> {
     }
 }
 
+/// Remove the description and fingerprint key a stack of `pattern` that no longer runs left in
+/// `out` (a killed `tokentrail up` cannot remove them), holding the directory's lock meanwhile
+/// so that a stack starting there is never touched. Whether anything was removed: false when a
+/// stack holds the lock (or a caller testing it does, for an instant) or nothing was left.
+pub fn remove_dead_stack(out: &Path, pattern: Pattern) -> Result<bool> {
+    let path = lock_file(out, pattern);
+    let lock = match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    let mut removed = false;
+    for file in [stack_file(out, pattern), key_file(out, pattern)] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", file.display())),
+        }
+    }
+    Ok(removed)
+}
+
 /// Where a running stack of `pattern` keeps its fingerprint key (owner-only), so that a
 /// `tokentrail call` or `load` against it fingerprints the user's token as the hops do.
 pub fn key_file(out: &Path, pattern: Pattern) -> PathBuf {
@@ -950,5 +979,29 @@ mod tests {
         assert_eq!(span_export_delay_of(Some(" 50 ")), Duration::from_secs(5));
         // What the SDK does with a value it cannot read: its default.
         assert_eq!(span_export_delay_of(Some("soon")), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_a_dead_stacks_description_and_key_are_removed() {
+        let out = std::env::temp_dir().join(format!("tokentrail-dead-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let p = Pattern::Passthrough;
+        let left = || (stack_file(&out, p).exists(), key_file(&out, p).exists());
+        // No stack ever ran here: nothing to do.
+        assert!(!remove_dead_stack(&out, p).unwrap());
+        let lock = lock_out_dir(&out, p).unwrap();
+        std::fs::write(stack_file(&out, p), "{}").unwrap();
+        std::fs::write(key_file(&out, p), "k").unwrap();
+        // Running (its lock held): untouched.
+        assert!(is_running(&out, p).unwrap());
+        assert!(!remove_dead_stack(&out, p).unwrap());
+        assert_eq!(left(), (true, true));
+        // Its process ended without cleaning up: both go, once.
+        drop(lock);
+        assert!(!is_running(&out, p).unwrap());
+        assert!(remove_dead_stack(&out, p).unwrap());
+        assert_eq!(left(), (false, false));
+        assert!(!remove_dead_stack(&out, p).unwrap());
+        let _ = std::fs::remove_dir_all(&out);
     }
 }
