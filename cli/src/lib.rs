@@ -116,11 +116,7 @@ pub enum Command {
         /// stacks differ on this machine, the resolution of an on/off comparison.
         #[arg(long)]
         calibrate: bool,
-        /// What the traced stack does with its spans: `store` them (the embedded collector
-        /// writes traces.jsonl on the same CPUs, as `tokentrail up` runs), `send` them to a
-        /// receiver that keeps none (what tracing costs the hops when the collector runs
-        /// elsewhere), or `record` them and export none (the SDK's recording alone).
-        /// Default: store.
+        /// What the traced stack does with its spans, to split tracing's cost [default: store]
         #[arg(long, value_enum)]
         traced: Option<bench::Traced>,
     },
