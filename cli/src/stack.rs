@@ -741,15 +741,11 @@ fn lock_out_dir(out: &Path, pattern: Pattern) -> Result<std::fs::File> {
     // A `tokentrail call` asking whether a stack runs holds a shared lock for an instant: look
     // again for a moment before calling the directory taken.
     for attempt in 1..=10 {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if attempt < 10 => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-            }
+        if got_lock(file.try_lock(), &path)? {
+            return Ok(file);
+        }
+        if attempt < 10 {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     bail!(
@@ -764,21 +760,35 @@ fn lock_file(out: &Path, pattern: Pattern) -> PathBuf {
     out.join(format!(".stack-{pattern}.lock"))
 }
 
+/// Whether a `try_lock` or `try_lock_shared` of the lock file `path` took the lock (false:
+/// another holder has it).
+fn got_lock(attempt: Result<(), std::fs::TryLockError>, path: &Path) -> Result<bool> {
+    match attempt {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// The lock file of a stack of `pattern` in `out` and its path, or `None` when no stack ever
+/// ran there.
+fn open_lock_file(out: &Path, pattern: Pattern) -> Result<Option<(std::fs::File, PathBuf)>> {
+    let path = lock_file(out, pattern);
+    match std::fs::File::open(&path) {
+        Ok(f) => Ok(Some((f, path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+    }
+}
+
 /// Whether a stack of `pattern` is running with its output in `out`: its `tokentrail up` holds
 /// the lock until it ends, however it ends (a killed one leaves its description behind).
 pub fn is_running(out: &Path, pattern: Pattern) -> Result<bool> {
-    let path = lock_file(out, pattern);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-    };
-    match file.try_lock_shared() {
-        Ok(()) => Ok(false),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot test the lock {}", path.display()))
-        }
+    match open_lock_file(out, pattern)? {
+        Some((file, path)) => Ok(!got_lock(file.try_lock_shared(), &path)?),
+        None => Ok(false),
     }
 }
 
@@ -787,18 +797,11 @@ pub fn is_running(out: &Path, pattern: Pattern) -> Result<bool> {
 /// so that a stack starting there is never touched. Whether anything was removed: false when a
 /// stack holds the lock (or a caller testing it does, for an instant) or nothing was left.
 pub fn remove_dead_stack(out: &Path, pattern: Pattern) -> Result<bool> {
-    let path = lock_file(out, pattern);
-    let lock = match std::fs::OpenOptions::new().write(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    let Some((lock, path)) = open_lock_file(out, pattern)? else {
+        return Ok(false);
     };
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
+    if !got_lock(lock.try_lock(), &path)? {
+        return Ok(false);
     }
     let mut removed = false;
     for file in [stack_file(out, pattern), key_file(out, pattern)] {
