@@ -445,8 +445,10 @@ pub async fn run(
                 .push(("OTEL_TRACES_SAMPLER".into(), "always_off".into()));
         }
     }
-    // Where the traced stack's spans go when the embedded collector does not store them.
+    // Where the traced stack's spans go when the embedded collector does not store them, and
+    // where the app exports its own then (`Some(None)`: nowhere).
     let mut receiver = None;
+    let mut app_export = None;
     if !calibrate {
         match traced {
             Traced::Store => {}
@@ -462,21 +464,22 @@ pub async fn run(
                 on_opts
                     .extra_env
                     .push((telemetry::COLLECTOR_ENV.into(), url.clone()));
-                receiver = Some((sink, url, task));
+                receiver = Some((sink, task));
+                app_export = Some(Some(url));
             }
-            Traced::Record => on_opts
-                .extra_env
-                .push((telemetry::TRACES_EXPORTER_ENV.into(), "none".into())),
+            Traced::Record => {
+                on_opts
+                    .extra_env
+                    .push((telemetry::TRACES_EXPORTER_ENV.into(), "none".into()));
+                app_export = Some(None);
+            }
         }
     }
     let on = Stack::start(&on_opts).await?;
     let off = Stack::start(&off_opts).await?;
-    let telemetry = match (calibrate, traced, &receiver) {
-        (false, Traced::Send, Some((_, url, _))) => {
-            crate::stack::init_app_telemetry_to(&on.endpoints, Some(url.clone()))?
-        }
-        (false, Traced::Record, _) => crate::stack::init_app_telemetry_to(&on.endpoints, None)?,
-        _ => crate::stack::init_app_telemetry(&on.endpoints)?,
+    let telemetry = match app_export {
+        Some(to) => crate::stack::init_app_telemetry_to(&on.endpoints, to)?,
+        None => crate::stack::init_app_telemetry(&on.endpoints)?,
     };
     let apps = [
         (modes.traced[0], App::new(on.endpoints.clone())?),
@@ -546,7 +549,7 @@ pub async fn run(
     let pairs = round_ratios(&round_times[0], &round_times[1]);
     println!("{}: {ratio:.3}{}", modes.ratio, spread(&pairs));
     let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()], modes);
-    if let Some((sink, _, task)) = &receiver {
+    if let Some((sink, task)) = &receiver {
         task.abort();
         // A run whose spans never left the hops would measure recording, not sending.
         if sink.trace_exports() == 0 {
