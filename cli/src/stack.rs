@@ -716,10 +716,17 @@ impl Stack {
         if let Some(aws) = self.aws.take() {
             aws.stop();
         }
-        let _ = std::fs::remove_file(stack_file(&self.endpoints.out, self.endpoints.pattern));
-        let _ = std::fs::remove_file(key_file(&self.endpoints.out, self.endpoints.pattern));
+        for file in left_in_out(&self.endpoints.out, self.endpoints.pattern) {
+            let _ = std::fs::remove_file(file);
+        }
         Ok(())
     }
+}
+
+/// The files a running stack of `pattern` keeps in `out` for `call` and `load` (its description
+/// and fingerprint key), which it removes when it stops.
+fn left_in_out(out: &Path, pattern: Pattern) -> [PathBuf; 2] {
+    [stack_file(out, pattern), key_file(out, pattern)]
 }
 
 /// Where a running stack of `pattern` describes itself.
@@ -804,7 +811,7 @@ pub fn remove_dead_stack(out: &Path, pattern: Pattern) -> Result<bool> {
         return Ok(false);
     }
     let mut removed = false;
-    for file in [stack_file(out, pattern), key_file(out, pattern)] {
+    for file in left_in_out(out, pattern) {
         match std::fs::remove_file(&file) {
             Ok(()) => removed = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
