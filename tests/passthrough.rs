@@ -192,8 +192,8 @@ async fn counting_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
 }
 
 /// One hop (`tokentrail serve target`) answering one traced request and stopping, exporting to
-/// `collector`, with `env` set (`OTEL_TRACES_EXPORTER` and `OTEL_SDK_DISABLED` unset unless
-/// given). The paths the collector saw.
+/// `collector`, with `env` set (`OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED` and the sampler
+/// unset unless given). The paths the collector saw.
 async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
     use std::process::Stdio;
     use tokio::io::AsyncBufReadExt;
@@ -209,6 +209,8 @@ async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
         .env_remove("OTEL_METRICS_EXPORTER")
         .env_remove("OTEL_TRACES_EXPORTER")
         .env_remove("OTEL_SDK_DISABLED")
+        .env_remove("OTEL_TRACES_SAMPLER")
+        .env_remove("OTEL_TRACES_SAMPLER_ARG")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -241,12 +243,14 @@ async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
     seen.lock().unwrap().clone()
 }
 
-/// The CLI run with `var=value`, expected to fail: its standard error.
+/// The CLI run with `var=value`, expected to fail: its standard error. A hop that starts anyway
+/// stops at once (its standard input is closed), so the check fails instead of waiting.
 fn refused(args: &[&str], var: &str, value: &str) -> String {
     let out = std::process::Command::new(support::bin())
         .args(args)
         .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
         .env("TOKENTRAIL_LOG", "off")
+        .env("TOKENTRAIL_STOP_ON_STDIN_EOF", "1")
         .env(var, value)
         .stdin(std::process::Stdio::null())
         .output()
@@ -291,6 +295,28 @@ fn refusals(var: &str, bad: (&str, &str), stack: (&str, &str)) {
     let stderr = refused(&["demo", "--out", &dir.to_string_lossy()], var, stack.0);
     assert!(stderr.contains(stack.1), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `OTEL_TRACES_SAMPLER`: `always_off` keeps a hop's spans (not its metrics) from the collector,
+/// a ratio of 1 keeps them all; a sampler the SDK would replace by sampling everything (here a
+/// typo of `always_off`) stops the hop at start, and the local stack refuses it before starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_traces_sampler_is_honoured_or_refused() {
+    let exported = one_traced_request(&[("OTEL_TRACES_SAMPLER", "always_off")]).await;
+    assert!(!exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
+    assert!(exported.iter().any(|p| p == "/v1/metrics"), "{exported:?}");
+    let exported = one_traced_request(&[
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1"),
+    ])
+    .await;
+    assert!(exported.iter().any(|p| p == "/v1/traces"), "{exported:?}");
+
+    let typo = (
+        "always-off",
+        "OTEL_TRACES_SAMPLER=`always-off`: not a sampler",
+    );
+    refusals("OTEL_TRACES_SAMPLER", typo, typo);
 }
 
 /// `OTEL_SDK_DISABLED=true`: the hop serves and exports nothing (no spans, no metrics); a value

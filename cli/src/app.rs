@@ -387,13 +387,18 @@ pub const TABLE_HEADER: &str = "user   token           outcome   stopped at     
 /// The endpoints of a stack `tokentrail up --pattern PATTERN --out OUT` is running.
 pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
     let path = crate::stack::stack_file(out, pattern);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "no running {pattern} stack found ({} is missing): start one with `tokentrail up --pattern {pattern} --out {}`",
             path.display(),
             out.display()
-        )
-    })?;
+        ),
+        Err(e) => bail!(
+            "cannot read {}, the running {pattern} stack's description: {e}",
+            path.display()
+        ),
+    };
     if !crate::stack::is_running(out, pattern)? {
         // What it left is of no use to anyone, and the key is a secret: clear it now.
         let cleared = match crate::stack::remove_dead_stack(out, pattern) {

@@ -38,6 +38,10 @@ pub const TRACES_EXPORTER_ENV: &str = "OTEL_TRACES_EXPORTER";
 pub const METRICS_EXPORTER_ENV: &str = "OTEL_METRICS_EXPORTER";
 /// The standard switch that turns the OpenTelemetry SDK off: `true` or `false` (default).
 pub const SDK_DISABLED_ENV: &str = "OTEL_SDK_DISABLED";
+/// The standard sampler selection (`parentbased_always_on` when unset).
+pub const TRACES_SAMPLER_ENV: &str = "OTEL_TRACES_SAMPLER";
+/// The ratio of the `traceidratio` samplers (1.0 when unset).
+pub const TRACES_SAMPLER_ARG_ENV: &str = "OTEL_TRACES_SAMPLER_ARG";
 
 /// Errors from [`init`].
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,72 @@ pub enum TelemetryError {
     /// `OTEL_SDK_DISABLED` is neither `true` nor `false`.
     #[error("OTEL_SDK_DISABLED=`{0}`: use `true` (no spans, no OpenTelemetry metrics) or `false`")]
     SdkDisabled(String),
+    /// `OTEL_TRACES_SAMPLER` or `OTEL_TRACES_SAMPLER_ARG` holds a value the SDK would replace by
+    /// sampling every trace.
+    #[error("{var}=`{value}`: {reason}")]
+    Sampler {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused, and what is accepted.
+        reason: &'static str,
+    },
+}
+
+/// Checks the sampler variables as the OpenTelemetry SDK reads them. For a sampler name it does
+/// not know (names are case-sensitive) or does not implement (`jaeger_remote`, `xray`), or a ratio
+/// that is not a number, the SDK samples every trace and says so only in its internal log: a typo
+/// in `always_off` would trace every request. Refused here, with the reason. Unset or empty
+/// variables keep the defaults (`parentbased_always_on`, ratio 1.0).
+pub fn sampler_check(sampler: Option<&str>, arg: Option<&str>) -> Result<(), TelemetryError> {
+    let refuse = |var, value: &str, reason| {
+        Err(TelemetryError::Sampler {
+            var,
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    let sampler = sampler.unwrap_or_default();
+    match sampler {
+        "" | "always_on" | "always_off" | "parentbased_always_on" | "parentbased_always_off" => {
+            Ok(())
+        }
+        "traceidratio" | "parentbased_traceidratio" => match arg.unwrap_or_default() {
+            "" => Ok(()),
+            ratio => match ratio.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+                _ => refuse(
+                    TRACES_SAMPLER_ARG_ENV,
+                    ratio,
+                    "the ratio of traces to sample must be a number from 0 to 1 (e.g. `0.25`)",
+                ),
+            },
+        },
+        "jaeger_remote" | "parentbased_jaeger_remote" | "xray" => refuse(
+            TRACES_SAMPLER_ENV,
+            sampler,
+            "this sampler is not implemented by the OpenTelemetry SDK in this build; use \
+             `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, \
+             `parentbased_always_off` or `parentbased_traceidratio`",
+        ),
+        _ => refuse(
+            TRACES_SAMPLER_ENV,
+            sampler,
+            "not a sampler; use `always_on`, `always_off`, `traceidratio`, \
+             `parentbased_always_on` (the default), `parentbased_always_off` or \
+             `parentbased_traceidratio` (lower case)",
+        ),
+    }
+}
+
+/// [`sampler_check`] of the variables as the environment sets them.
+pub fn sampler_check_from_env() -> Result<(), TelemetryError> {
+    let var = |name| std::env::var(name).ok();
+    sampler_check(
+        var(TRACES_SAMPLER_ENV).as_deref(),
+        var(TRACES_SAMPLER_ARG_ENV).as_deref(),
+    )
 }
 
 /// Whether `OTEL_SDK_DISABLED` turns the SDK off: `true` (any case) → yes; unset, empty or
@@ -565,6 +635,7 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // `OTEL_SDK_DISABLED=true`: no exporter at all (X-Ray included), the no-op tracer (a hop's
     // span is its parent's context, so the trace passes through unchanged), logs as usual.
     let disabled = sdk_disabled_from_env()?;
+    sampler_check_from_env()?;
     // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
     let signal = |on: bool| TelemetryConfig {
         collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on && !disabled),
@@ -694,6 +765,59 @@ mod tests {
             let e = sdk_disabled(Some(bad)).expect_err("refused").to_string();
             assert!(e.contains(&format!("OTEL_SDK_DISABLED=`{bad}`")), "{e}");
             assert!(e.contains("use `true`"), "{e}");
+        }
+    }
+
+    /// Every sampler the SDK implements, with any ratio it reads as one, is accepted; what the
+    /// SDK would replace by sampling every trace is refused, naming the variable.
+    #[test]
+    fn samplers_the_sdk_would_replace_are_refused() {
+        for name in [
+            None,
+            Some(""),
+            Some("always_on"),
+            Some("always_off"),
+            Some("parentbased_always_on"),
+            Some("parentbased_always_off"),
+        ] {
+            sampler_check(name, Some("not read")).expect("accepted");
+        }
+        for name in ["traceidratio", "parentbased_traceidratio"] {
+            for arg in [
+                None,
+                Some(""),
+                Some("0"),
+                Some("0.25"),
+                Some("1"),
+                Some("1.0"),
+            ] {
+                sampler_check(Some(name), arg).expect("accepted");
+            }
+            for arg in ["1.5", "-0.1", "NaN", "half", " 0.5", "25%"] {
+                let e = sampler_check(Some(name), Some(arg)).expect_err("refused");
+                let e = e.to_string();
+                assert!(
+                    e.starts_with(&format!("OTEL_TRACES_SAMPLER_ARG=`{arg}`: ")),
+                    "{e}"
+                );
+                assert!(e.contains("a number from 0 to 1"), "{e}");
+            }
+        }
+        for (name, says) in [
+            ("always-off", "not a sampler"),
+            ("Always_Off", "(lower case)"),
+            ("off", "not a sampler"),
+            ("xray", "not implemented"),
+            ("jaeger_remote", "not implemented"),
+            ("parentbased_jaeger_remote", "not implemented"),
+        ] {
+            let e = sampler_check(Some(name), None).expect_err("refused");
+            let e = e.to_string();
+            assert!(
+                e.starts_with(&format!("OTEL_TRACES_SAMPLER=`{name}`: ")),
+                "{e}"
+            );
+            assert!(e.contains(says), "{e}");
         }
     }
 

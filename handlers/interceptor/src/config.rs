@@ -38,6 +38,24 @@ pub struct InterceptorConfig {
     pub broker: Option<BrokerSettings>,
 }
 
+/// The longest clock leeway accepted (`TOKENTRAIL_LEEWAY_S`), in seconds.
+pub const MAX_LEEWAY_S: u64 = 300;
+
+/// `TOKENTRAIL_LEEWAY_S` within bounds: a leeway tolerates clock skew between the IdP and this
+/// hop; one of hours would accept tokens that expired hours ago.
+fn leeway(seconds: u64) -> Result<u64, ConfigError> {
+    if seconds > MAX_LEEWAY_S {
+        return Err(ConfigError::Invalid {
+            name: "TOKENTRAIL_LEEWAY_S",
+            reason: format!(
+                "{seconds} s is more than the {MAX_LEEWAY_S} s allowed: a leeway covers clock \
+                 skew, and this one would accept tokens {seconds} s after they expired"
+            ),
+        });
+    }
+    Ok(seconds)
+}
+
 impl InterceptorConfig {
     /// From `TOKENTRAIL_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -81,7 +99,7 @@ impl InterceptorConfig {
                 .unwrap_or_else(|| format!("{issuer}/.well-known/openid-configuration")),
             issuer,
             audiences,
-            leeway_s: number("TOKENTRAIL_LEEWAY_S", 30)?,
+            leeway_s: leeway(number("TOKENTRAIL_LEEWAY_S", 30)?)?,
             required_scopes: list("TOKENTRAIL_INTERCEPTOR_REQUIRED_SCOPES"),
             broker,
         })
@@ -98,5 +116,20 @@ impl InterceptorConfig {
         let mut policy = IssuerPolicy::new(self.issuer.clone(), self.audiences.clone());
         policy.leeway_s = self.leeway_s;
         Ok(Verifier::new(policy, cache))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leeway_is_bounded() {
+        for ok in [0, 30, MAX_LEEWAY_S] {
+            assert_eq!(leeway(ok).expect("accepted"), ok);
+        }
+        let e = leeway(MAX_LEEWAY_S + 1).expect_err("refused").to_string();
+        assert!(e.contains("TOKENTRAIL_LEEWAY_S"), "{e}");
+        assert!(e.contains("301 s is more than the 300 s allowed"), "{e}");
     }
 }
