@@ -319,6 +319,27 @@ async fn otel_traces_sampler_is_honoured_or_refused() {
     refusals("OTEL_TRACES_SAMPLER", typo, typo);
 }
 
+/// A standard variable the SDK or the OTLP exporter would skip without a word stops a hop and the
+/// local stack at start, naming the variable and never a header's value.
+#[test]
+fn standard_variables_the_sdk_would_skip_stop_the_hop() {
+    let queue = (
+        "0",
+        "OTEL_BSP_MAX_QUEUE_SIZE: not a whole number of spans above zero",
+    );
+    refusals("OTEL_BSP_MAX_QUEUE_SIZE", queue, queue);
+    let stderr = refused(
+        &["serve", "target"],
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "x-api-key:s3cr3t-value",
+    );
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not `name=value`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+}
+
 /// `OTEL_SDK_DISABLED=true`: the hop serves and exports nothing (no spans, no metrics); a value
 /// other than `true`/`false` stops it at start with the reason; the local stack refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,8 +317,8 @@ const SPAN_DELAY_ENV: &str = "OTEL_BSP_SCHEDULE_DELAY";
 const STACK_SPAN_DELAY_MS: u64 = 200;
 
 /// How long a hop of the local stack may hold an ended span before exporting it: the caller's
-/// `OTEL_BSP_SCHEDULE_DELAY`, 200 ms when unset, the SDK's 5 s when it is not a number of
-/// milliseconds (what the SDK does with it).
+/// `OTEL_BSP_SCHEDULE_DELAY`, 200 ms when unset, the SDK's 5 s when it is empty (what the SDK
+/// does with it; any other value that is not a number of milliseconds stops the stack at start).
 pub fn span_export_delay() -> Duration {
     span_export_delay_of(std::env::var(SPAN_DELAY_ENV).ok().as_deref())
 }
@@ -450,6 +450,7 @@ impl Stack {
         // A value the hops would refuse stops them all at start: refuse it here, once.
         telemetry::exporter_selection_from_env(telemetry::METRICS_EXPORTER_ENV)?;
         telemetry::sampler_check_from_env()?;
+        telemetry::standard_vars_check_from_env()?;
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create {}", opts.out.display()))?;
         let lock = lock_out_dir(&opts.out, opts.pattern)?;

@@ -73,6 +73,14 @@ pub enum TelemetryError {
     /// `OTEL_SDK_DISABLED` is neither `true` nor `false`.
     #[error("OTEL_SDK_DISABLED=`{0}`: use `true` (no spans, no OpenTelemetry metrics) or `false`")]
     SdkDisabled(String),
+    /// A standard variable holds a value the SDK or the OTLP exporter would skip.
+    #[error("{var}: {reason}")]
+    Setting {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it (never its value).
+        reason: String,
+    },
     /// `OTEL_TRACES_SAMPLER` or `OTEL_TRACES_SAMPLER_ARG` holds a value the SDK would replace by
     /// sampling every trace.
     #[error("{var}=`{value}`: {reason}")]
@@ -139,6 +147,81 @@ pub fn sampler_check_from_env() -> Result<(), TelemetryError> {
         var(TRACES_SAMPLER_ENV).as_deref(),
         var(TRACES_SAMPLER_ARG_ENV).as_deref(),
     )
+}
+
+/// Standard variables holding milliseconds, and those holding a count of spans (at least one:
+/// a queue of none would drop every span).
+const MILLISECONDS_ENV: [&str; 5] = [
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+];
+const SPAN_COUNT_ENV: [&str; 2] = ["OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"];
+/// Standard variables holding `name=value` lists: the OTLP request headers (often a
+/// collector's credential) and the resource attributes.
+const HEADERS_ENV: [&str; 3] = [
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+];
+const RESOURCE_ATTRIBUTES_ENV: &str = "OTEL_RESOURCE_ATTRIBUTES";
+
+/// Checks one of the standard variables with a value the OpenTelemetry SDK or OTLP exporter
+/// would skip without a word (the whole value, or an entry of a list): a delay that is not a
+/// whole number of milliseconds, a span count of zero, a header or resource attribute without
+/// a name or a value. Parsed as they parse it; the reason names the entry by position and name,
+/// never by value, since a header's value is often a credential.
+pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), TelemetryError> {
+    let refuse = |reason: String| Err(TelemetryError::Setting { var, reason });
+    if value.is_empty() {
+        return Ok(());
+    }
+    if MILLISECONDS_ENV.contains(&var) {
+        if value.parse::<u64>().is_err() {
+            return refuse("not a whole number of milliseconds".into());
+        }
+    } else if SPAN_COUNT_ENV.contains(&var) {
+        if !value.parse::<usize>().is_ok_and(|n| n > 0) {
+            return refuse("not a whole number of spans above zero".into());
+        }
+    } else if HEADERS_ENV.contains(&var) || var == RESOURCE_ATTRIBUTES_ENV {
+        for (i, entry) in value.split_terminator(',').map(str::trim).enumerate() {
+            let n = i + 1;
+            let Some((name, v)) = entry.split_once('=') else {
+                return refuse(format!("entry {n} is not `name=value`"));
+            };
+            let (name, v) = (name.trim(), v.trim());
+            if name.is_empty() {
+                return refuse(format!("entry {n} has no name"));
+            }
+            if HEADERS_ENV.contains(&var) {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return refuse(format!("entry {n} is not a valid header name"));
+                }
+                if v.is_empty() {
+                    return refuse(format!("entry {n} (`{name}`) has no value"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`standard_var_check`] of every variable it knows, as the environment sets them.
+pub fn standard_vars_check_from_env() -> Result<(), TelemetryError> {
+    let vars = MILLISECONDS_ENV
+        .iter()
+        .chain(&SPAN_COUNT_ENV)
+        .chain(&HEADERS_ENV)
+        .chain([&RESOURCE_ATTRIBUTES_ENV]);
+    for var in vars {
+        if let Ok(value) = std::env::var(var) {
+            standard_var_check(var, &value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `OTEL_SDK_DISABLED` turns the SDK off: `true` (any case) → yes; unset, empty or
@@ -636,6 +719,7 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // span is its parent's context, so the trace passes through unchanged), logs as usual.
     let disabled = sdk_disabled_from_env()?;
     sampler_check_from_env()?;
+    standard_vars_check_from_env()?;
     // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
     let signal = |on: bool| TelemetryConfig {
         collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on && !disabled),
@@ -818,6 +902,92 @@ mod tests {
                 "{e}"
             );
             assert!(e.contains(says), "{e}");
+        }
+    }
+
+    /// Values the SDK reads are accepted; what it would skip is refused, and the reason never
+    /// holds a header's value.
+    #[test]
+    fn standard_values_the_sdk_would_skip_are_refused() {
+        for (var, value) in [
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2048"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", ""),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=abc%20def, tenant = blue",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "authorization=Basic%20dXNlcg==,",
+            ),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=dev,team=",
+            ),
+        ] {
+            standard_var_check(var, value).expect("accepted");
+        }
+        for (var, value, says) in [
+            (
+                "OTEL_BSP_SCHEDULE_DELAY",
+                "200ms",
+                "not a whole number of milliseconds",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                " 5",
+                "not a whole number of milliseconds",
+            ),
+            (
+                "OTEL_BSP_EXPORT_TIMEOUT",
+                "-1",
+                "not a whole number of milliseconds",
+            ),
+            (
+                "OTEL_BSP_MAX_QUEUE_SIZE",
+                "0",
+                "not a whole number of spans above zero",
+            ),
+            (
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                "many",
+                "not a whole number of spans above zero",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=1,s3cr3t-only",
+                "entry 2 is not `name=value`",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "=s3cr3t",
+                "entry 1 has no name",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "x api=s3cr3t",
+                "entry 1 is not a valid header name",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=",
+                "entry 1 (`x-api-key`) has no value",
+            ),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "team=blue,garbage",
+                "entry 2 is not `name=value`",
+            ),
+        ] {
+            let e = standard_var_check(var, value)
+                .expect_err("refused")
+                .to_string();
+            assert_eq!(e, format!("{var}: {says}"));
+            assert!(!e.contains("s3cr3t"), "{e}");
         }
     }
 
