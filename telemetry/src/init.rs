@@ -170,9 +170,10 @@ const RESOURCE_ATTRIBUTES_ENV: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
 /// Checks one of the standard variables with a value the OpenTelemetry SDK or OTLP exporter
 /// would skip without a word (the whole value, or an entry of a list): a delay that is not a
-/// whole number of milliseconds, a span count of zero, a header or resource attribute without
-/// a name or a value. Parsed as they parse it; the reason names the entry by position and name,
-/// never by value, since a header's value is often a credential.
+/// whole number of milliseconds, a span count of zero, a header entry without a name or a value,
+/// a resource attribute entry that is not `name=value` (blank entries carry nothing and are
+/// passed over, as they do). Parsed as they parse it; the reason names the entry by position and
+/// name, never by value, since a header's value is often a credential.
 pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), TelemetryError> {
     let refuse = |reason: String| Err(TelemetryError::Setting { var, reason });
     if value.is_empty() {
@@ -189,6 +190,9 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
     } else if HEADERS_ENV.contains(&var) || var == RESOURCE_ATTRIBUTES_ENV {
         for (i, entry) in value.split_terminator(',').map(str::trim).enumerate() {
             let n = i + 1;
+            if entry.is_empty() {
+                continue;
+            }
             let Some((name, v)) = entry.split_once('=') else {
                 return refuse(format!("entry {n} is not `name=value`"));
             };
@@ -919,6 +923,10 @@ mod tests {
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 "x-api-key=abc%20def, tenant = blue",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=abc,, tenant=blue, ",
             ),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
