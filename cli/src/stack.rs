@@ -449,7 +449,6 @@ impl Stack {
         }
         // A value the hops would refuse stops them all at start: refuse it here, once.
         telemetry::exporter_selection_from_env(telemetry::METRICS_EXPORTER_ENV)?;
-        telemetry::sampler_check_from_env()?;
         telemetry::standard_vars_check_from_env()?;
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create {}", opts.out.display()))?;

@@ -141,7 +141,7 @@ pub fn sampler_check(sampler: Option<&str>, arg: Option<&str>) -> Result<(), Tel
 }
 
 /// [`sampler_check`] of the variables as the environment sets them.
-pub fn sampler_check_from_env() -> Result<(), TelemetryError> {
+fn sampler_check_from_env() -> Result<(), TelemetryError> {
     let var = |name| std::env::var(name).ok();
     sampler_check(
         var(TRACES_SAMPLER_ENV).as_deref(),
@@ -188,6 +188,7 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
             return refuse("not a whole number of spans above zero".into());
         }
     } else if HEADERS_ENV.contains(&var) || var == RESOURCE_ATTRIBUTES_ENV {
+        let headers = var != RESOURCE_ATTRIBUTES_ENV;
         for (i, entry) in value.split_terminator(',').map(str::trim).enumerate() {
             let n = i + 1;
             if entry.is_empty() {
@@ -200,7 +201,7 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
             if name.is_empty() {
                 return refuse(format!("entry {n} has no name"));
             }
-            if HEADERS_ENV.contains(&var) {
+            if headers {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                     return refuse(format!("entry {n} is not a valid header name"));
                 }
@@ -213,8 +214,10 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
     Ok(())
 }
 
-/// [`standard_var_check`] of every variable it knows, as the environment sets them.
+/// The standard variables as the environment sets them: [`sampler_check`], then
+/// [`standard_var_check`] of every variable it knows.
 pub fn standard_vars_check_from_env() -> Result<(), TelemetryError> {
+    sampler_check_from_env()?;
     let vars = MILLISECONDS_ENV
         .iter()
         .chain(&SPAN_COUNT_ENV)
@@ -722,7 +725,6 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // `OTEL_SDK_DISABLED=true`: no exporter at all (X-Ray included), the no-op tracer (a hop's
     // span is its parent's context, so the trace passes through unchanged), logs as usual.
     let disabled = sdk_disabled_from_env()?;
-    sampler_check_from_env()?;
     standard_vars_check_from_env()?;
     // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
     let signal = |on: bool| TelemetryConfig {

@@ -42,7 +42,7 @@ pub use init::{
     SDK_DISABLED_ENV, TRACES_EXPORTER_ENV, TRACES_SAMPLER_ARG_ENV, TRACES_SAMPLER_ENV, Telemetry,
     TelemetryConfig, TelemetryError, XRAY_ENV, XRAY_OTLP_ENDPOINT_ENV, exporter_selection,
     exporter_selection_from_env, init, install_discarding_pipeline, otlp_env_protocol,
-    sampler_check, sampler_check_from_env, sdk_disabled, sdk_disabled_from_env, standard_var_check,
+    sampler_check, sdk_disabled, sdk_disabled_from_env, standard_var_check,
     standard_vars_check_from_env,
 };
 pub use propagation::TraceContext;
