@@ -328,6 +328,11 @@ fn standard_variables_the_sdk_would_skip_stop_the_hop() {
         "OTEL_BSP_MAX_QUEUE_SIZE: not a whole number of spans above zero",
     );
     refusals("OTEL_BSP_MAX_QUEUE_SIZE", queue, queue);
+    // A pause of zero between exports: the SDK's export thread would never sleep.
+    for var in ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL"] {
+        let reason = format!("{var}: 0 ms would have the exporter's thread export without pause");
+        refusals(var, ("0", &reason), ("0", &reason));
+    }
     let stderr = refused(
         &["serve", "target"],
         "OTEL_EXPORTER_OTLP_HEADERS",

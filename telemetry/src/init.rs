@@ -149,15 +149,17 @@ fn sampler_check_from_env() -> Result<(), TelemetryError> {
     )
 }
 
-/// Standard variables holding milliseconds, and those holding a count of spans (at least one:
-/// a queue of none would drop every span).
-const MILLISECONDS_ENV: [&str; 5] = [
-    "OTEL_BSP_SCHEDULE_DELAY",
+/// Standard variables holding milliseconds; those holding the pause of an exporter's thread
+/// between exports (above zero: with none, the SDK's thread exports without pause and keeps a
+/// core busy while the hop is idle); and those holding a count of spans (at least one: a queue of
+/// none would drop every span).
+const MILLISECONDS_ENV: [&str; 4] = [
     "OTEL_BSP_EXPORT_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
 ];
+const INTERVAL_ENV: [&str; 2] = ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL"];
 const SPAN_COUNT_ENV: [&str; 2] = ["OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"];
 /// Standard variables holding `name=value` lists: the OTLP request headers (often a
 /// collector's credential) and the resource attributes.
@@ -170,7 +172,8 @@ const RESOURCE_ATTRIBUTES_ENV: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
 /// Checks one of the standard variables with a value the OpenTelemetry SDK or OTLP exporter
 /// would skip without a word (the whole value, or an entry of a list): a delay that is not a
-/// whole number of milliseconds, a span count of zero, a header entry without a name or a value,
+/// whole number of milliseconds, a pause between exports of zero (the SDK's export thread would
+/// never sleep), a span count of zero, a header entry without a name or a value,
 /// a resource attribute entry that is not `name=value` (blank entries carry nothing and are
 /// passed over, as they do). Parsed as they parse it; the reason names the entry by position and
 /// name, never by value, since a header's value is often a credential.
@@ -182,6 +185,18 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
     if MILLISECONDS_ENV.contains(&var) {
         if value.parse::<u64>().is_err() {
             return refuse("not a whole number of milliseconds".into());
+        }
+    } else if INTERVAL_ENV.contains(&var) {
+        match value.parse::<u64>() {
+            Err(_) => return refuse("not a whole number of milliseconds".into()),
+            Ok(0) => {
+                return refuse(
+                    "0 ms would have the exporter's thread export without pause, keeping a core \
+                     busy; unset it for the default"
+                        .into(),
+                );
+            }
+            Ok(_) => {}
         }
     } else if SPAN_COUNT_ENV.contains(&var) {
         if !value.parse::<usize>().is_ok_and(|n| n > 0) {
@@ -220,6 +235,7 @@ pub fn standard_vars_check_from_env() -> Result<(), TelemetryError> {
     sampler_check_from_env()?;
     let vars = MILLISECONDS_ENV
         .iter()
+        .chain(&INTERVAL_ENV)
         .chain(&SPAN_COUNT_ENV)
         .chain(&HEADERS_ENV)
         .chain([&RESOURCE_ATTRIBUTES_ENV]);
@@ -917,7 +933,9 @@ mod tests {
     fn standard_values_the_sdk_would_skip_are_refused() {
         for (var, value) in [
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", ""),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "2048"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
@@ -945,6 +963,23 @@ mod tests {
             (
                 "OTEL_BSP_SCHEDULE_DELAY",
                 "200ms",
+                "not a whole number of milliseconds",
+            ),
+            (
+                "OTEL_BSP_SCHEDULE_DELAY",
+                "0",
+                "0 ms would have the exporter's thread export without pause, keeping a core busy; \
+                 unset it for the default",
+            ),
+            (
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                "0",
+                "0 ms would have the exporter's thread export without pause, keeping a core busy; \
+                 unset it for the default",
+            ),
+            (
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                "5s",
                 "not a whole number of milliseconds",
             ),
             (
