@@ -328,6 +328,12 @@ fn standard_variables_the_sdk_would_skip_stop_the_hop() {
         "OTEL_BSP_MAX_QUEUE_SIZE: not a whole number of spans above zero",
     );
     refusals("OTEL_BSP_MAX_QUEUE_SIZE", queue, queue);
+    // A misspelt switch does not fall back to its default (here: subjects in clear).
+    let switch = (
+        "enabled",
+        "TOKENTRAIL_PSEUDONYMIZE_SUBJECT: not a switch: use `1`, `true` or `on`",
+    );
+    refusals("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", switch, switch);
     // A pause of zero between exports: the SDK's export thread would never sleep.
     for var in ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL"] {
         let reason = format!("{var}: 0 ms would have the exporter's thread export without pause");

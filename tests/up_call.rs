@@ -61,11 +61,22 @@ struct Up(Child);
 impl Up {
     /// `tokentrail up --out OUT`.
     fn start(out: &std::path::Path, stdout: Stdio, stderr: Stdio) -> Self {
+        Self::start_with(out, stdout, stderr, &[])
+    }
+
+    /// `tokentrail up --out OUT` with `env` added to its environment.
+    fn start_with(
+        out: &std::path::Path,
+        stdout: Stdio,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Self {
         Self(
             Command::new(support::bin())
                 .arg("up")
                 .arg("--out")
                 .arg(out)
+                .envs(env.iter().copied())
                 .stdout(stdout)
                 .stderr(stderr)
                 .spawn()
@@ -224,13 +235,7 @@ fn up_call_audit_and_ctrl_c() {
     assert!(left.is_empty(), "hop processes left running: {left:?}");
     assert!(!key.exists() && !out.join("stack-passthrough.json").exists());
 
-    let audit = Command::new(support::bin())
-        .args(["audit", "--format", "json", "--store"])
-        .arg(out.join("traces.jsonl"))
-        .output()
-        .expect("audit runs");
-    let records: Vec<serde_json::Value> =
-        serde_json::from_slice(support::succeeded(&audit).as_bytes()).expect("audit JSON");
+    let records = audit_json(&out);
     let verdict = |r: &serde_json::Value| {
         format!(
             "{} {} {}",
@@ -256,6 +261,66 @@ fn up_call_audit_and_ctrl_c() {
         .expect("the valid call audited");
     assert_eq!(ok["entered"]["fingerprint"], ok["reached"]["fingerprint"]);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A stack started with `TOKENTRAIL_PSEUDONYMIZE_SUBJECT=on` records no user in clear: not as
+/// the credential's subject, not as `enduser.id` at the target, not in the spans of a `call`
+/// made without the switch (the app follows the stack); a `call` whose own switch says
+/// otherwise is refused; the audit still matches the identity that entered with the one that
+/// reached the target.
+#[test]
+fn a_pseudonymizing_stack_records_no_user_in_clear() {
+    let out = support::tempdir("up-pseudonym");
+    let mut up = Up::start_with(
+        &out,
+        Stdio::piped(),
+        Stdio::null(),
+        &[("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "on")],
+    );
+    wait_until_up(&mut up);
+    let valid = support::succeeded(&call(&out, &["--user", "alice"]));
+    assert!(valid.contains(" ok "), "{valid}");
+    let refused = support::failed(
+        &Command::new(support::bin())
+            .args(["call", "--user", "alice", "--out"])
+            .arg(&out)
+            .env("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "0")
+            .output()
+            .expect("tokentrail call runs"),
+    );
+    assert!(
+        refused.contains(
+            "TOKENTRAIL_PSEUDONYMIZE_SUBJECT: off here, on in the running stack: the app would \
+             record subjects in clear"
+        ),
+        "{refused}"
+    );
+    stops_cleanly_on(&mut up, "-INT");
+
+    let store = std::fs::read_to_string(out.join("traces.jsonl")).expect("span store");
+    assert!(
+        store.contains("\"enduser.id\""),
+        "the target's span is stored"
+    );
+    assert!(!store.contains("\"alice\""), "a user in clear: {store}");
+    let records = audit_json(&out);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r["verdict"], "ok", "{r:#}");
+    let entered = r["entered"]["subject"].as_str().expect("entered subject");
+    assert!(entered.starts_with("anon:"), "{r:#}");
+    assert_eq!(r["reached"]["subject"], entered, "{r:#}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `tokentrail audit --format json` of the store in `out`: its records.
+fn audit_json(out: &std::path::Path) -> Vec<serde_json::Value> {
+    let audit = Command::new(support::bin())
+        .args(["audit", "--format", "json", "--store"])
+        .arg(out.join("traces.jsonl"))
+        .output()
+        .expect("audit runs");
+    serde_json::from_slice(support::succeeded(&audit).as_bytes()).expect("audit JSON")
 }
 
 /// `tokentrail call --out OUT ARGS…`.

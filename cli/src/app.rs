@@ -414,9 +414,10 @@ pub fn running_stack(out: &Path, pattern: Pattern) -> Result<Endpoints> {
             out.display()
         );
     }
-    let endpoints = serde_json::from_str(&text)
+    let endpoints: Endpoints = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a stack description", path.display()))?;
     crate::stack::join_fingerprint_key(out, pattern)?;
+    telemetry::provenance::follow_pseudonymization(endpoints.pseudonymize_subject)?;
     Ok(endpoints)
 }
 

@@ -137,7 +137,10 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
             let interceptor = match std::env::var("TOKENTRAIL_INTERCEPTOR_INVOKE_URL") {
                 Ok(url) if !url.is_empty() => Some(local::gateway::InterceptorConfig {
                     invoke_url: url,
-                    pass_request_headers: or("TOKENTRAIL_PASS_REQUEST_HEADERS", "true") == "true",
+                    pass_request_headers: telemetry::switch_from_env(
+                        "TOKENTRAIL_PASS_REQUEST_HEADERS",
+                    )?
+                    .unwrap_or(true),
                     timeout: Duration::from_millis(env::number(
                         "TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS",
                         5000,

@@ -47,6 +47,10 @@ pub struct Endpoints {
     /// STS stand-in URL (broker pattern).
     #[serde(default)]
     pub sts: Option<String>,
+    /// Whether the hops record subjects as keyed pseudonyms (`TOKENTRAIL_PSEUDONYMIZE_SUBJECT`),
+    /// so the app's spans against this stack do too.
+    #[serde(default)]
+    pub pseudonymize_subject: bool,
 }
 
 /// Options.
@@ -621,6 +625,7 @@ impl Stack {
             pattern: opts.pattern,
             sts: aws.as_ref().map(|a| a.sts_url.clone()),
             broker,
+            pseudonymize_subject: pseudonymized(opts)?,
         };
         let json = serde_json::to_string_pretty(&endpoints)?;
         let file = stack_file(&opts.out, opts.pattern);
@@ -820,6 +825,18 @@ pub fn remove_dead_stack(out: &Path, pattern: Pattern) -> Result<bool> {
         }
     }
     Ok(removed)
+}
+
+/// Whether the stack's hops pseudonymise subjects: the switch in the stack's extra environment,
+/// else this process's (which the hops inherit).
+fn pseudonymized(opts: &StackOptions) -> Result<bool> {
+    let var = telemetry::provenance::PSEUDONYMIZE_ENV;
+    let extra = opts.extra_env.iter().rev().find(|(k, _)| k == var);
+    let on = match extra {
+        Some((_, v)) => telemetry::switch(var, Some(v))?,
+        None => telemetry::switch_from_env(var)?,
+    };
+    Ok(on.unwrap_or(false))
 }
 
 /// Where a running stack of `pattern` keeps its fingerprint key (owner-only), so that a

@@ -255,9 +255,13 @@ impl Span {
         span.set_attributes(kv);
     }
 
-    /// Record the identity that reached the target.
+    /// Record the identity that reached the target (its pseudonym when subjects are
+    /// pseudonymised, as `tokentrail.credential.subject` is).
     pub fn enduser(&self, id: &str) {
-        self.attr(attrs::ENDUSER_ID, id);
+        self.attr(
+            attrs::ENDUSER_ID,
+            crate::provenance::recorded_subject(id).as_ref(),
+        );
     }
 
     /// The hop let the request through.

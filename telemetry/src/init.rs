@@ -229,9 +229,38 @@ pub fn standard_var_check(var: &'static str, value: &str) -> Result<(), Telemetr
     Ok(())
 }
 
-/// The standard variables as the environment sets them: [`sampler_check`], then
-/// [`standard_var_check`] of every variable it knows.
+/// A tokentrail on/off variable: unset or empty → `None` (its default); `1`, `true`, `on`,
+/// `yes` → on; `0`, `false`, `off`, `no` → off (any case); anything else is refused, so a
+/// misspelt switch never falls back to its default without a word.
+pub fn switch(var: &'static str, value: Option<&str>) -> Result<Option<bool>, TelemetryError> {
+    let v = value.map(str::trim).unwrap_or_default();
+    let is = |names: [&str; 4]| names.iter().any(|n| v.eq_ignore_ascii_case(n));
+    if v.is_empty() {
+        Ok(None)
+    } else if is(["1", "true", "on", "yes"]) {
+        Ok(Some(true))
+    } else if is(["0", "false", "off", "no"]) {
+        Ok(Some(false))
+    } else {
+        Err(TelemetryError::Setting {
+            var,
+            reason: "not a switch: use `1`, `true` or `on`, or `0`, `false` or `off`".into(),
+        })
+    }
+}
+
+/// [`switch`] as the environment sets it.
+pub fn switch_from_env(var: &'static str) -> Result<Option<bool>, TelemetryError> {
+    switch(var, std::env::var(var).ok().as_deref())
+}
+
+/// The standard variables as the environment sets them ([`sampler_check`], then
+/// [`standard_var_check`] of every variable it knows) and the telemetry's own switches
+/// (`TOKENTRAIL_PSEUDONYMIZE_SUBJECT`, `TOKENTRAIL_EMF`).
 pub fn standard_vars_check_from_env() -> Result<(), TelemetryError> {
+    for var in [crate::provenance::PSEUDONYMIZE_ENV, crate::metrics::EMF_ENV] {
+        switch_from_env(var)?;
+    }
     sampler_check_from_env()?;
     let vars = MILLISECONDS_ENV
         .iter()
@@ -924,6 +953,34 @@ mod tests {
                 "{e}"
             );
             assert!(e.contains(says), "{e}");
+        }
+    }
+
+    /// A switch is on, off or unset; anything else is refused with the variable's name.
+    #[test]
+    fn switches_are_on_off_or_refused() {
+        const VAR: &str = "TOKENTRAIL_EMF";
+        for (value, want) in [
+            (None, None),
+            (Some(""), None),
+            (Some(" "), None),
+            (Some("1"), Some(true)),
+            (Some("TRUE"), Some(true)),
+            (Some("on"), Some(true)),
+            (Some("Yes"), Some(true)),
+            (Some("0"), Some(false)),
+            (Some("false"), Some(false)),
+            (Some("OFF"), Some(false)),
+            (Some(" no "), Some(false)),
+        ] {
+            assert_eq!(switch(VAR, value).expect("a switch"), want, "{value:?}");
+        }
+        for value in ["2", "enabled", "tru", "y"] {
+            let e = switch(VAR, Some(value)).expect_err(value).to_string();
+            assert_eq!(
+                e,
+                "TOKENTRAIL_EMF: not a switch: use `1`, `true` or `on`, or `0`, `false` or `off`"
+            );
         }
     }
 

@@ -43,7 +43,7 @@ pub use init::{
     TelemetryConfig, TelemetryError, XRAY_ENV, XRAY_OTLP_ENDPOINT_ENV, exporter_selection,
     exporter_selection_from_env, init, install_discarding_pipeline, otlp_env_protocol,
     sampler_check, sdk_disabled, sdk_disabled_from_env, standard_var_check,
-    standard_vars_check_from_env,
+    standard_vars_check_from_env, switch, switch_from_env,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};

@@ -129,9 +129,8 @@ impl HopMetric {
 
 fn emf_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| match std::env::var(EMF_ENV).as_deref() {
-        Ok("on") | Ok("1") | Ok("true") => true,
-        Ok("off") | Ok("0") | Ok("false") => false,
+    *ON.get_or_init(|| match crate::init::switch_from_env(EMF_ENV) {
+        Ok(Some(on)) => on,
         _ => crate::propagation::in_lambda(),
     })
 }

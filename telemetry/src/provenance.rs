@@ -70,14 +70,54 @@ pub struct CredentialProvenance {
     pub claims: Option<ClaimSummary>,
 }
 
-fn pseudonymize() -> bool {
-    static P: OnceLock<bool> = OnceLock::new();
-    *P.get_or_init(|| {
-        matches!(
-            std::env::var(PSEUDONYMIZE_ENV).as_deref(),
-            Ok("1") | Ok("true")
-        )
+static PSEUDONYMIZE: OnceLock<bool> = OnceLock::new();
+
+/// Whether subjects are pseudonymised in this process: as [`follow_pseudonymization`] set it,
+/// else from `TOKENTRAIL_PSEUDONYMIZE_SUBJECT`. A value that is not a switch (refused when the
+/// hop starts) pseudonymises: what was asked for is unclear, and the pseudonym is the safer side.
+pub fn pseudonymize() -> bool {
+    *PSEUDONYMIZE.get_or_init(|| {
+        crate::init::switch_from_env(PSEUDONYMIZE_ENV)
+            .map(|on| on.unwrap_or(false))
+            .unwrap_or(true)
     })
+}
+
+/// Pseudonymise subjects in this process as a running stack does (`on`), so the app's spans
+/// record the user as the hops do. Refused when this process's own
+/// `TOKENTRAIL_PSEUDONYMIZE_SUBJECT` (or an earlier call) says otherwise.
+pub fn follow_pseudonymization(on: bool) -> Result<(), crate::TelemetryError> {
+    let own = crate::init::switch_from_env(PSEUDONYMIZE_ENV)?;
+    let refuse = |reason: &str| {
+        Err(crate::TelemetryError::Setting {
+            var: PSEUDONYMIZE_ENV,
+            reason: reason.to_owned(),
+        })
+    };
+    if own.is_some_and(|own| own != on) {
+        return refuse(if on {
+            "off here, on in the running stack: the app would record subjects in clear while \
+             the hops record pseudonyms; unset it here"
+        } else {
+            "on here, off in the running stack, which records subjects in clear: restart it \
+             with the switch on, or unset it here"
+        });
+    }
+    if *PSEUDONYMIZE.get_or_init(|| on) != on {
+        return refuse(
+            "the running stacks differ: start each `tokentrail up` with the same switch",
+        );
+    }
+    Ok(())
+}
+
+/// How a subject is recorded: itself, or its keyed pseudonym when subjects are pseudonymised.
+pub fn recorded_subject(subject: &str) -> std::borrow::Cow<'_, str> {
+    if pseudonymize() {
+        std::borrow::Cow::Owned(fingerprint::pseudonym(subject))
+    } else {
+        std::borrow::Cow::Borrowed(subject)
+    }
 }
 
 impl CredentialProvenance {
