@@ -334,6 +334,8 @@ fn standard_variables_the_sdk_would_skip_stop_the_hop() {
         "TOKENTRAIL_PSEUDONYMIZE_SUBJECT: not a switch: use `1`, `true` or `on`",
     );
     refusals("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", switch, switch);
+    let log = ("quiet", "TOKENTRAIL_LOG: use `json`");
+    refusals("TOKENTRAIL_LOG", log, log);
     // A pause of zero between exports: the SDK's export thread would never sleep.
     for var in ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL"] {
         let reason = format!("{var}: 0 ms would have the exporter's thread export without pause");

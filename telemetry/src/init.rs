@@ -249,6 +249,23 @@ pub fn switch(var: &'static str, value: Option<&str>) -> Result<Option<bool>, Te
     }
 }
 
+/// Whether `TOKENTRAIL_LOG` turns logging off: `off` or `none` → yes; unset, empty or `json`
+/// (the default: JSON lines on stderr) → no; any case; anything else is refused.
+fn log_off(value: Option<&str>) -> Result<bool, TelemetryError> {
+    let v = value.map(str::trim).unwrap_or_default();
+    let is = |name: &str| v.eq_ignore_ascii_case(name);
+    if is("off") || is("none") {
+        Ok(true)
+    } else if v.is_empty() || is("json") {
+        Ok(false)
+    } else {
+        Err(TelemetryError::Setting {
+            var: LOG_ENV,
+            reason: "use `json` (log lines on stderr, the default) or `off`".into(),
+        })
+    }
+}
+
 /// [`switch`] as the environment sets it.
 pub fn switch_from_env(var: &'static str) -> Result<Option<bool>, TelemetryError> {
     switch(var, std::env::var(var).ok().as_deref())
@@ -256,11 +273,12 @@ pub fn switch_from_env(var: &'static str) -> Result<Option<bool>, TelemetryError
 
 /// The standard variables as the environment sets them ([`sampler_check`], then
 /// [`standard_var_check`] of every variable it knows) and the telemetry's own switches
-/// (`TOKENTRAIL_PSEUDONYMIZE_SUBJECT`, `TOKENTRAIL_EMF`).
+/// (`TOKENTRAIL_PSEUDONYMIZE_SUBJECT`, `TOKENTRAIL_EMF`, `TOKENTRAIL_LOG`).
 pub fn standard_vars_check_from_env() -> Result<(), TelemetryError> {
     for var in [crate::provenance::PSEUDONYMIZE_ENV, crate::metrics::EMF_ENV] {
         switch_from_env(var)?;
     }
+    log_off(std::env::var(LOG_ENV).ok().as_deref())?;
     sampler_check_from_env()?;
     let vars = MILLISECONDS_ENV
         .iter()
@@ -353,8 +371,9 @@ pub struct TelemetryConfig {
 impl TelemetryConfig {
     /// Configuration from the environment.
     pub fn from_env(service: Service) -> Self {
-        let log_to = match std::env::var(LOG_ENV).as_deref() {
-            Ok("off") | Ok("none") => LogTo::Off,
+        // A value that is neither (refused at start by `standard_vars_check_from_env`) logs.
+        let log_to = match log_off(std::env::var(LOG_ENV).ok().as_deref()) {
+            Ok(true) => LogTo::Off,
             _ => LogTo::Stderr,
         };
         Self {
@@ -954,6 +973,27 @@ mod tests {
             );
             assert!(e.contains(says), "{e}");
         }
+    }
+
+    /// `TOKENTRAIL_LOG` is `json`, `off`/`none` or unset; anything else is refused.
+    #[test]
+    fn log_is_json_or_off() {
+        for (value, off) in [
+            (None, false),
+            (Some(""), false),
+            (Some("json"), false),
+            (Some("JSON"), false),
+            (Some("off"), true),
+            (Some("OFF"), true),
+            (Some("none"), true),
+        ] {
+            assert_eq!(log_off(value).expect("accepted"), off, "{value:?}");
+        }
+        let e = log_off(Some("quiet")).expect_err("refused").to_string();
+        assert_eq!(
+            e,
+            "TOKENTRAIL_LOG: use `json` (log lines on stderr, the default) or `off`"
+        );
     }
 
     /// A switch is on, off or unset; anything else is refused with the variable's name.
