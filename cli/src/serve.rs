@@ -141,9 +141,10 @@ async fn build_router(hop: HopName, base: &str) -> Result<Router> {
                         "TOKENTRAIL_PASS_REQUEST_HEADERS",
                     )?
                     .unwrap_or(true),
-                    timeout: Duration::from_millis(env::number(
+                    timeout: Duration::from_millis(env::positive(
                         "TOKENTRAIL_INTERCEPTOR_TIMEOUT_MS",
                         5000,
+                        "time out every invocation of the interceptor",
                     )?),
                 }),
                 _ => None,

@@ -25,7 +25,7 @@ use crate::policy::Policy;
 use crate::secrets::{FileSecrets, SecretStore, SecretsManager};
 
 pub use lambda_front::env::ConfigError;
-use lambda_front::env::{number, opt, region, sts_endpoint};
+use lambda_front::env::{number, opt, positive, region, sts_endpoint};
 
 /// Settings and secret store from the environment.
 pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), ConfigError> {
@@ -54,14 +54,19 @@ pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), Config
         proof: ProofPolicy {
             sts_endpoint: sts,
             broker_id: opt("TOKENTRAIL_BROKER_ID").unwrap_or_else(|| "tokentrail-broker".into()),
-            max_age: Duration::from_secs(number("TOKENTRAIL_BROKER_PROOF_MAX_AGE_S", 60)?),
+            max_age: Duration::from_secs(positive(
+                "TOKENTRAIL_BROKER_PROOF_MAX_AGE_S",
+                60,
+                "refuse every caller's proof as too old",
+            )?),
             max_skew: Duration::from_secs(30),
         },
         policy,
         token_endpoint,
-        upstream_timeout: Duration::from_millis(number(
+        upstream_timeout: Duration::from_millis(positive(
             "TOKENTRAIL_BROKER_UPSTREAM_TIMEOUT_MS",
             2000,
+            "time out every call to STS, the secret store and the IdP",
         )?),
         secret_ttl: Duration::from_secs(number("TOKENTRAIL_BROKER_SECRET_TTL_S", 300)?),
         fault_delay: Duration::from_millis(number("TOKENTRAIL_FAULT_DELAY_MS", 0)?),

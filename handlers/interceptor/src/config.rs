@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use auth::{IssuerPolicy, JwksCache, JwksConfig, Verifier};
 pub use lambda_front::env::ConfigError;
-use lambda_front::env::{list, number, opt, pattern, region, required, sts_endpoint};
+use lambda_front::env::{list, number, opt, pattern, positive, region, required, sts_endpoint};
 use telemetry::Pattern;
 
 use crate::broker_client::BrokerSettings;
@@ -88,7 +88,11 @@ impl InterceptorConfig {
                     )?),
                     sts_endpoint: sts_endpoint(),
                     region: region(),
-                    timeout: Duration::from_millis(number("TOKENTRAIL_BROKER_TIMEOUT_MS", 2000)?),
+                    timeout: Duration::from_millis(positive(
+                        "TOKENTRAIL_BROKER_TIMEOUT_MS",
+                        2000,
+                        "time out every call to the broker",
+                    )?),
                 })
             }
         };

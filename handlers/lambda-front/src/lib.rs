@@ -123,6 +123,22 @@ pub mod env {
         }
     }
 
+    /// A whole number above zero, `default` when unset; `zero` says what 0 would do (a timeout
+    /// of 0 is often meant as "none", and would instead fail every call).
+    pub fn positive(name: &'static str, default: u64, zero: &str) -> Result<u64, ConfigError> {
+        above_zero(name, number(name, default)?, zero)
+    }
+
+    fn above_zero(name: &'static str, n: u64, zero: &str) -> Result<u64, ConfigError> {
+        match n {
+            0 => Err(ConfigError::Invalid {
+                name,
+                reason: format!("0 would {zero}; use a value above zero"),
+            }),
+            n => Ok(n),
+        }
+    }
+
     /// The pattern this deployment serves, from `TOKENTRAIL_PATTERN` (passthrough when unset).
     pub fn pattern() -> Result<telemetry::Pattern, ConfigError> {
         telemetry::Pattern::from_env().map_err(|e| ConfigError::Invalid {
@@ -155,5 +171,20 @@ pub mod env {
     pub fn sts_endpoint() -> String {
         opt("TOKENTRAIL_STS_ENDPOINT")
             .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", region()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn zero_is_refused_with_what_it_would_do() {
+            assert_eq!(super::above_zero("T_MS", 1, "x").expect("above zero"), 1);
+            let e = super::above_zero("T_MS", 0, "time out every call")
+                .expect_err("zero")
+                .to_string();
+            assert_eq!(
+                e,
+                "invalid T_MS: 0 would time out every call; use a value above zero"
+            );
+        }
     }
 }
