@@ -174,6 +174,9 @@ fn planted_violations_fail_the_audit_with_their_reason() {
         table.contains("VIOLATION") && table.contains("a user JWT reached the target"),
         "{table}"
     );
+    // The X-Ray form of the id (as the X-Ray console shows it) selects the same request.
+    let xray_form = format!("1-{}-{}", &trace[..8], &trace[8..]);
+    assert_eq!(audit(&planted, Some(&xray_form)), (code, table));
     // The same change made to the indexed store itself: the index no longer matches and the
     // audit reads the spans again.
     write(&out, &lines);

@@ -435,6 +435,23 @@ pub fn audit_all(spans: Vec<StoredSpan>) -> Vec<Record> {
     out
 }
 
+/// `--trace`: a W3C trace id (32 hex digits, as the demo, `call` and Jaeger show it) or an X-Ray
+/// one (`1-xxxxxxxx-yyyyyyyyyyyyyyyyyyyyyyyy`, as the X-Ray console shows it), as the 32 lower-case
+/// hex digits the records hold. Anything else is refused: it would select nothing.
+pub fn parse_trace_id(s: &str) -> Result<String> {
+    let s = s.trim();
+    let w3c = (s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| s.to_ascii_lowercase())
+        .or_else(|| telemetry::xray::w3c_trace_id(s));
+    match w3c {
+        Some(id) if id.bytes().any(|b| b != b'0') => Ok(id),
+        _ => bail!(
+            "`{s}` is not a trace id: use 32 hex digits (W3C, as `tokentrail call` prints it) or \
+             1-xxxxxxxx-yyyyyyyyyyyyyyyyyyyyyyyy (X-Ray)"
+        ),
+    }
+}
+
 /// `--since`/`--until`: RFC 3339 (`2026-11-28T20:00:00Z`), Unix seconds, or an age (`90s`,
 /// `15m`, `2h`, `1d`) counted back from now.
 pub fn parse_time(s: &str, now: i64) -> Result<i64> {
@@ -646,6 +663,30 @@ pub async fn run(source: &Source, filter: &Filter, format: Format) -> Result<Exi
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn trace_ids_are_w3c_or_xray_else_refused() {
+        let w3c = "6b11a85b86a147241e67fc6a6a90aea4";
+        for given in [
+            w3c,
+            "6B11A85B86A147241E67FC6A6A90AEA4",
+            " 6b11a85b86a147241e67fc6a6a90aea4 ",
+            "1-6b11a85b-86a147241e67fc6a6a90aea4",
+        ] {
+            assert_eq!(parse_trace_id(given).expect(given), w3c);
+        }
+        for bad in [
+            "xyz",
+            "6b11a85b86a147241e67fc6a6a90aea",
+            "6b11a85b86a147241e67fc6a6a90aeag",
+            "2-6b11a85b-86a147241e67fc6a6a90aea4",
+            "00000000000000000000000000000000",
+            "",
+        ] {
+            let e = parse_trace_id(bad).expect_err(bad).to_string();
+            assert!(e.contains("is not a trace id: use 32 hex digits"), "{e}");
+        }
+    }
 
     fn span(hop: &str, index: i64, service: &str, kv: &[(&str, &str)]) -> StoredSpan {
         let mut attributes = BTreeMap::new();

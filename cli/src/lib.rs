@@ -374,7 +374,7 @@ pub fn main() -> ExitCode {
                 async {
                     let now = auth::iam::now_epoch();
                     let filter = audit::Filter {
-                        trace: trace.map(|t| t.to_ascii_lowercase()),
+                        trace: trace.as_deref().map(audit::parse_trace_id).transpose()?,
                         user,
                         pattern: pattern.map(|p| telemetry::Pattern::from(p).as_str().to_owned()),
                         since: since.map(|s| audit::parse_time(&s, now)).transpose()?,
