@@ -271,11 +271,15 @@ fn up_call_audit_and_ctrl_c() {
 #[test]
 fn a_pseudonymizing_stack_records_no_user_in_clear() {
     let out = support::tempdir("up-pseudonym");
+    const KEY: &str = "a-fingerprint-key-the-auditor-also-has";
     let mut up = Up::start_with(
         &out,
         Stdio::piped(),
         Stdio::null(),
-        &[("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "on")],
+        &[
+            ("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "on"),
+            ("TOKENTRAIL_FINGERPRINT_KEY", KEY),
+        ],
     );
     wait_until_up(&mut up);
     let valid = support::succeeded(&call(&out, &["--user", "alice"]));
@@ -310,6 +314,39 @@ fn a_pseudonymizing_stack_records_no_user_in_clear() {
     let entered = r["entered"]["subject"].as_str().expect("entered subject");
     assert!(entered.starts_with("anon:"), "{r:#}");
     assert_eq!(r["reached"]["subject"], entered, "{r:#}");
+
+    // `--user alice`: found by its pseudonym with the switch and the stack's key; without the
+    // key, refused; without the switch, nothing matches and the audit says how to match.
+    let audit_user = |env: &[(&str, &str)]| {
+        Command::new(support::bin())
+            .args(["audit", "--format", "json", "--user", "alice", "--store"])
+            .arg(out.join("traces.jsonl"))
+            .env_remove("TOKENTRAIL_PSEUDONYMIZE_SUBJECT")
+            .env_remove("TOKENTRAIL_FINGERPRINT_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .expect("audit runs")
+    };
+    let found = audit_user(&[
+        ("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "1"),
+        ("TOKENTRAIL_FINGERPRINT_KEY", KEY),
+    ]);
+    let found: Vec<serde_json::Value> =
+        serde_json::from_slice(support::succeeded(&found).as_bytes()).expect("audit JSON");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["entered"]["subject"], entered);
+    let refused = support::failed(&audit_user(&[("TOKENTRAIL_PSEUDONYMIZE_SUBJECT", "1")]));
+    assert!(
+        refused.contains("set TOKENTRAIL_FINGERPRINT_KEY to it"),
+        "{refused}"
+    );
+    let unmatched = audit_user(&[]);
+    assert_eq!(support::succeeded(&unmatched).trim(), "[]");
+    let said = String::from_utf8_lossy(&unmatched.stderr);
+    assert!(
+        said.contains("no subject is `alice`, and the subjects here are pseudonyms"),
+        "{said}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

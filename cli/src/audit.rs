@@ -435,6 +435,52 @@ pub fn audit_all(spans: Vec<StoredSpan>) -> Vec<Record> {
     out
 }
 
+/// `--user`: the subject as the spans record it. With `TOKENTRAIL_PSEUDONYMIZE_SUBJECT` on in the
+/// auditor's environment, that is the user's keyed pseudonym, which needs the stack's
+/// `TOKENTRAIL_FINGERPRINT_KEY` (with any other key the pseudonym matches nothing). A name given
+/// as a pseudonym (`anon:…`) is taken as it is.
+pub fn user_filter(user: &str) -> Result<String> {
+    let var = telemetry::provenance::PSEUDONYMIZE_ENV;
+    if user.starts_with("anon:") || !telemetry::switch_from_env(var)?.unwrap_or(false) {
+        return Ok(user.to_owned());
+    }
+    let key_var = telemetry::fingerprint::KEY_ENV;
+    if std::env::var(key_var).unwrap_or_default().is_empty() {
+        bail!(
+            "{var} is on, so --user `{user}` is matched by its pseudonym, which depends on the \
+             stack's key: set {key_var} to it (a running stack keeps it in \
+             OUT/stack-<pattern>.key)"
+        );
+    }
+    Ok(telemetry::provenance::recorded_subject(user).into_owned())
+}
+
+/// Whether a record's entering or reaching subject is a pseudonym.
+fn pseudonymous(r: &Record) -> bool {
+    [Some(&r.entered), r.reached.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|i| i.subject.as_deref().is_some_and(|s| s.starts_with("anon:")))
+}
+
+/// The records of `all` that `filter` selects, and, when its `--user` name selected nothing where
+/// the subjects are pseudonyms, a note on how to match one.
+pub fn select_with_hint(all: Vec<Record>, filter: &Filter) -> (Vec<Record>, Option<String>) {
+    let user = filter.user.clone().filter(|u| !u.starts_with("anon:"));
+    let anon = user.is_some() && all.iter().any(pseudonymous);
+    let selected = select(all, filter);
+    let hint = user.filter(|_| anon && selected.is_empty()).map(|user| {
+        format!(
+            "no subject is `{user}`, and the subjects here are pseudonyms (anon:…): to match \
+             one, audit with {}=1 and the stack's {} (a stack started without one used a random \
+             key, and its pseudonyms cannot be matched to names)",
+            telemetry::provenance::PSEUDONYMIZE_ENV,
+            telemetry::fingerprint::KEY_ENV
+        )
+    });
+    (selected, hint)
+}
+
 /// `--trace`: a W3C trace id (32 hex digits, as the demo, `call` and Jaeger show it) or an X-Ray
 /// one (`1-xxxxxxxx-yyyyyyyyyyyyyyyyyyyyyyyy`, as the X-Ray console shows it), as the 32 lower-case
 /// hex digits the records hold. Anything else is refused: it would select nothing.
@@ -630,11 +676,17 @@ pub async fn run(source: &Source, filter: &Filter, format: Format) -> Result<Exi
             let indexed = tokio::task::spawn_blocking(move || crate::audit_index::records(&path))
                 .await
                 .context("the audit task failed")??;
-            (select(indexed.records, filter), indexed.notes)
+            let mut notes = indexed.notes;
+            let (selected, hint) = select_with_hint(indexed.records, filter);
+            notes.extend(hint);
+            (selected, notes)
         }
         Source::Jaeger(url) => {
             let f = crate::sources::jaeger(url, filter, now).await?;
-            (audit(f.spans, filter), f.notes)
+            let mut notes = f.notes;
+            let (selected, hint) = select_with_hint(audit_all(f.spans), filter);
+            notes.extend(hint);
+            (selected, notes)
         }
         Source::Xray(target) => {
             let f = crate::sources::xray(target, filter, now).await?;

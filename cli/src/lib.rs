@@ -375,7 +375,7 @@ pub fn main() -> ExitCode {
                     let now = auth::iam::now_epoch();
                     let filter = audit::Filter {
                         trace: trace.as_deref().map(audit::parse_trace_id).transpose()?,
-                        user,
+                        user: user.as_deref().map(audit::user_filter).transpose()?,
                         pattern: pattern.map(|p| telemetry::Pattern::from(p).as_str().to_owned()),
                         since: since.map(|s| audit::parse_time(&s, now)).transpose()?,
                         until: until.map(|s| audit::parse_time(&s, now)).transpose()?,
