@@ -5,7 +5,8 @@
 //!
 //! Needs `cargo-lambda` (installed by scripts/test.sh; path in `TOKENTRAIL_CARGO_LAMBDA`). Without
 //! it the test is skipped, unless `TOKENTRAIL_REQUIRE_TOOLS=1` (set by scripts/test.sh), which
-//! makes a missing tool a failure.
+//! makes a missing tool a failure. Also, without any emulator: a function started outside
+//! Lambda says which of Lambda's variables is missing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -405,4 +406,49 @@ async fn lambda_front_doors_under_cargo_lambda() {
         assert!(!text.contains("eyJ"), "no token on stdout");
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Outside Lambda (a variable Lambda sets is missing or malformed), a function says which one
+/// and exits 1, instead of the Lambda runtime client's panic.
+#[test]
+fn outside_lambda_a_function_says_what_is_missing() {
+    let run = |hop: &str, unset: &str, set: &[(&str, &str)]| {
+        let out = std::process::Command::new(support::bin())
+            .args(["lambda", hop])
+            .env("TOKENTRAIL_LOG", "off")
+            .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .env("AWS_LAMBDA_FUNCTION_NAME", "tokentrail-test")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .envs(set.iter().copied())
+            .env_remove(unset)
+            .output()
+            .expect("tokentrail lambda runs");
+        support::failed(&out)
+    };
+    for (hop, unset, set) in [
+        ("target", "AWS_LAMBDA_FUNCTION_NAME", vec![]),
+        ("interceptor", "AWS_LAMBDA_FUNCTION_VERSION", vec![]),
+        (
+            "target",
+            "-",
+            vec![("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots")],
+        ),
+        (
+            "interceptor",
+            "-",
+            vec![("AWS_LAMBDA_RUNTIME_API", "not a host")],
+        ),
+    ] {
+        let said = run(hop, unset, &set);
+        let var = set.first().map_or(unset, |(k, _)| k);
+        assert!(
+            said.contains(&format!(
+                "{var} is missing or malformed: this runs as an AWS Lambda function"
+            )),
+            "{hop} without {var}: {said}"
+        );
+        assert!(!said.contains("panicked"), "{said}");
+    }
 }

@@ -37,6 +37,7 @@ async fn invoke(
 /// Run as a Lambda function: one event per invocation, spans flushed before the response is
 /// returned (bounded, so a stuck exporter never holds the invocation).
 pub async fn run_lambda(deps: Deps, telemetry: Telemetry) -> Result<(), lambda_runtime::Error> {
+    lambda_front::env::lambda_environment()?;
     let deps = Arc::new(deps);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |ev: lambda_runtime::LambdaEvent<Value>| {

@@ -7,6 +7,7 @@ pub async fn run_router(
     telemetry: telemetry::Telemetry,
 ) -> Result<(), lambda_http::Error> {
     use tower::ServiceExt;
+    env::lambda_environment()?;
     lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| {
         let app = app.clone();
         let telemetry = telemetry.clone();
@@ -92,6 +93,12 @@ pub mod env {
         /// A variable is missing.
         #[error("missing environment variable {0}")]
         Missing(&'static str),
+        /// A variable Lambda sets is missing or malformed: not running in Lambda.
+        #[error(
+            "{0} is missing or malformed: this runs as an AWS Lambda function, where Lambda sets \
+             it; locally, run it under `cargo lambda watch`"
+        )]
+        NotInLambda(&'static str),
         /// A variable is invalid.
         #[error("invalid {name}: {reason}")]
         Invalid {
@@ -121,6 +128,21 @@ pub mod env {
                 reason: format!("`{v}` is not a whole number"),
             }),
         }
+    }
+
+    /// The variables the Lambda runtime client reads at start, and panics without: checked
+    /// first, so a function started outside Lambda says what is missing instead.
+    pub fn lambda_environment() -> Result<(), ConfigError> {
+        let var = |name| std::env::var(name).map_err(|_| ConfigError::NotInLambda(name));
+        var("AWS_LAMBDA_FUNCTION_NAME")?;
+        var("AWS_LAMBDA_FUNCTION_VERSION")?;
+        const MEMORY: &str = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE";
+        var(MEMORY)?
+            .parse::<i32>()
+            .map_err(|_| ConfigError::NotInLambda(MEMORY))?;
+        const API: &str = "AWS_LAMBDA_RUNTIME_API";
+        lambda_http::http::Uri::try_from(var(API)?).map_err(|_| ConfigError::NotInLambda(API))?;
+        Ok(())
     }
 
     /// A whole number above zero, `default` when unset; `zero` says what 0 would do (a timeout
