@@ -141,9 +141,9 @@ impl TraceContext {
     }
 }
 
-/// `1-` + first 8 hex + `-` + remaining 24 hex.
+/// `1-` + first 8 hex + `-` + remaining 24 hex; empty when `w3c_hex` is not 32 hex digits.
 pub fn xray_trace_id(w3c_hex: &str) -> String {
-    if w3c_hex.len() != 32 {
+    if w3c_hex.len() != 32 || !w3c_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return String::new();
     }
     format!("1-{}-{}", &w3c_hex[..8], &w3c_hex[8..])
@@ -367,6 +367,22 @@ pub fn extract_mcp_meta(request: &serde_json::Value) -> TraceContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xray_trace_id_of_32_hex_digits_only() {
+        assert_eq!(
+            xray_trace_id("6b11a85b86a147241e67fc6a6a90aea4"),
+            "1-6b11a85b-86a147241e67fc6a6a90aea4"
+        );
+        // 32 bytes, not 32 hex digits (the 9th byte is inside a character): no id, no panic.
+        for bad in [
+            "6b11a85\u{e9}6a147241e67fc6a6a90aea4",
+            "6b11a85b86a147241e67fc6a6a90aeaz",
+            "",
+        ] {
+            assert_eq!(xray_trace_id(bad), "", "{bad}");
+        }
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
