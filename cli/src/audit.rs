@@ -486,7 +486,7 @@ pub fn select_with_hint(all: Vec<Record>, filter: &Filter) -> (Vec<Record>, Opti
 /// hex digits the records hold. Anything else is refused: it would select nothing.
 pub fn parse_trace_id(s: &str) -> Result<String> {
     let s = s.trim();
-    let w3c = (s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()))
+    let w3c = telemetry::propagation::is_w3c_trace_id(s)
         .then(|| s.to_ascii_lowercase())
         .or_else(|| telemetry::xray::w3c_trace_id(s));
     match w3c {

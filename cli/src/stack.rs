@@ -322,7 +322,8 @@ const STACK_SPAN_DELAY_MS: u64 = 200;
 
 /// How long a hop of the local stack may hold an ended span before exporting it: the caller's
 /// `OTEL_BSP_SCHEDULE_DELAY`, 200 ms when unset, the SDK's 5 s when it is empty (what the SDK
-/// does with it; any other value that is not a number of milliseconds stops the stack at start).
+/// does with it; any other value that is not a number of milliseconds above zero stops the stack
+/// at start).
 pub fn span_export_delay() -> Duration {
     span_export_delay_of(std::env::var(SPAN_DELAY_ENV).ok().as_deref())
 }

@@ -141,9 +141,14 @@ impl TraceContext {
     }
 }
 
+/// Whether `s` is a trace id as W3C spells it: 32 hex digits.
+pub fn is_w3c_trace_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `1-` + first 8 hex + `-` + remaining 24 hex; empty when `w3c_hex` is not 32 hex digits.
 pub fn xray_trace_id(w3c_hex: &str) -> String {
-    if w3c_hex.len() != 32 || !w3c_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_w3c_trace_id(w3c_hex) {
         return String::new();
     }
     format!("1-{}-{}", &w3c_hex[..8], &w3c_hex[8..])
