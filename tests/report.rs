@@ -287,6 +287,11 @@ fn check_dashboards(
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("are what this version generates"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // Prometheus names of what was emitted (histograms: _bucket/_sum/_count series).
     let mut prom: BTreeMap<String, String> = BTreeMap::new();

@@ -406,7 +406,9 @@ pub fn files(region: &str) -> Result<Vec<(PathBuf, String)>> {
 /// when the files in `DIR` differ from what this version generates.
 pub fn run(out: &Path, region: &str, check: bool) -> Result<()> {
     let mut stale = Vec::new();
-    for (rel, text) in files(region)? {
+    let files = files(region)?;
+    let count = files.len();
+    for (rel, text) in files {
         let path = out.join(&rel);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
@@ -426,6 +428,12 @@ pub fn run(out: &Path, region: &str, check: bool) -> Result<()> {
             "out of date (run `tokentrail dashboards --out {}`): {}",
             out.display(),
             stale.join(", ")
+        );
+    }
+    if check {
+        println!(
+            "{count} dashboard files in {} are what this version generates",
+            out.display()
         );
     }
     Ok(())
