@@ -626,7 +626,7 @@ impl Stack {
             pattern: opts.pattern,
             sts: aws.as_ref().map(|a| a.sts_url.clone()),
             broker,
-            pseudonymize_subject: pseudonymized(opts)?,
+            pseudonymize_subject: pseudonymized(&env)?,
         };
         let json = serde_json::to_string_pretty(&endpoints)?;
         let file = stack_file(&opts.out, opts.pattern);
@@ -828,13 +828,12 @@ pub fn remove_dead_stack(out: &Path, pattern: Pattern) -> Result<bool> {
     Ok(removed)
 }
 
-/// Whether the stack's hops pseudonymise subjects: the switch in the stack's extra environment,
-/// else this process's (which the hops inherit).
-fn pseudonymized(opts: &StackOptions) -> Result<bool> {
+/// Whether the stack's hops pseudonymise subjects: the switch in `env`, the environment the stack
+/// gives its hops, else this process's (which they inherit).
+fn pseudonymized(env: &BTreeMap<String, String>) -> Result<bool> {
     let var = telemetry::provenance::PSEUDONYMIZE_ENV;
-    let extra = opts.extra_env.iter().rev().find(|(k, _)| k == var);
-    let on = match extra {
-        Some((_, v)) => telemetry::switch(var, Some(v))?,
+    let on = match env.get(var) {
+        Some(v) => telemetry::switch(var, Some(v))?,
         None => telemetry::switch_from_env(var)?,
     };
     Ok(on.unwrap_or(false))
