@@ -13,14 +13,18 @@ for each of two request counts, and sends it that many `GET /orders/A-1001` as a
 JWT and a sampled `traceparent`, as the gateway sends them). The difference between the two
 counts, divided by the difference in requests, is the cost of one request without the process's
 start and stop. It prints instructions per request on and off, and what tracing adds (one hop
-span: recording, scrubbing, encoding, export). The callgrind files stay in --out for
-`callgrind_annotate` (build with `cargo build --profile profiling` to have symbols).
+span: recording, scrubbing, encoding, export), split into the request threads (the main thread
+and the Tokio runtime's workers, which serve the request and record its span) and every other
+thread (the span and metric exporters and their HTTP client). The callgrind files, one per
+thread, stay in --out for `callgrind_annotate` (build with `cargo build --profile profiling` to
+have symbols).
 
 Needs valgrind (Debian: `apt-get install valgrind`). Only the standard library; nothing is left
 running.
 """
 
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -95,16 +99,46 @@ def instructions(path):
     sys.exit(f"no instruction total in {path}")
 
 
+def per_thread(out):
+    """Instructions of a callgrind run with one file per thread: (request threads, the others).
+
+    The request threads are the main thread (file -01) and the Tokio runtime's workers, found by
+    the worker loop in their profile."""
+    files = sorted(glob.glob(f"{glob.escape(out)}-[0-9]*"))
+    if not files:
+        sys.exit(f"no callgrind file {out}-NN was written")
+    serving = others = 0
+    for path in files:
+        total = instructions(path)
+        with open(path, errors="replace") as f:
+            worker = any("multi_thread::worker::run" in line for line in f)
+        if worker or path.endswith("-01"):
+            serving += total
+        else:
+            others += total
+    return serving, others
+
+
 def run_target(args, env, mode, n, token):
-    """Total instructions of one target process serving n requests."""
+    """Instructions of one target process serving n requests: (request threads, the others)."""
     out = os.path.join(args.out, f"callgrind.{mode}.{n}")
     log = os.path.join(args.out, f"target.{mode}.{n}.out")
+    for stale in glob.glob(f"{glob.escape(out)}*"):
+        os.remove(stale)  # an earlier run's files, possibly for more threads
     hop_env = dict(env)
     if mode == "off":
         hop_env["OTEL_TRACES_SAMPLER"] = "always_off"
     with open(log, "w") as stdout:
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", args.bin, "serve", "target"],
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={out}",
+                args.bin,
+                "serve",
+                "target",
+            ],
             env=hop_env,
             stdout=stdout,
             stderr=subprocess.DEVNULL,
@@ -119,7 +153,7 @@ def run_target(args, env, mode, n, token):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    return instructions(out)
+    return per_thread(out)
 
 
 def main():
@@ -172,10 +206,15 @@ def main():
             counts = {}
             for n in (small, large):
                 counts[n] = run_target(args, env, mode, n, token)
-                print(f"tracing {mode:3} {n:6} requests: {counts[n]:,} instructions", flush=True)
-            per_request[mode] = (counts[large] - counts[small]) / (large - small)
-        on, off = per_request["on"], per_request["off"]
+                print(f"tracing {mode:3} {n:6} requests: {sum(counts[n]):,} instructions", flush=True)
+            per_request[mode] = [
+                (counts[large][i] - counts[small][i]) / (large - small) for i in (0, 1)
+            ]
+        on, off = sum(per_request["on"]), sum(per_request["off"])
         print(f"per request: on {on:,.0f}, off {off:,.0f}, tracing adds {on - off:,.0f} ({(on - off) / off:+.1%})")
+        for i, where in enumerate(("request threads", "other threads (exporters)")):
+            t_on, t_off = per_request["on"][i], per_request["off"][i]
+            print(f"  {where:26}: on {t_on:,.0f}, off {t_off:,.0f}, tracing adds {t_on - t_off:,.0f}")
         print(f"callgrind files: {args.out}/callgrind.*")
     finally:
         up.send_signal(signal.SIGINT)
