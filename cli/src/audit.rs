@@ -253,6 +253,14 @@ pub fn audit_trace(trace_id: &str, spans: &[StoredSpan]) -> Record {
     };
     let rejection = hops.iter().copied().find(stopped).or_else(login_refused);
     let mut violations = Vec::new();
+    // Every source yields the W3C form (X-Ray's is converted); anything else was not written by
+    // an OpenTelemetry SDK through this chain, so its spans are not taken at their word.
+    if !telemetry::propagation::is_w3c_trace_id(trace_id) {
+        violations.push(format!(
+            "the trace id `{trace_id}` is not 32 hex digits: these spans were not recorded by the \
+             chain as they are (an edited or foreign store)"
+        ));
+    }
     let pattern_name = pattern.as_deref().unwrap_or("passthrough");
     if let Some(r) = &reached {
         if let Some(stop) = rejection {
@@ -740,6 +748,9 @@ mod tests {
         }
     }
 
+    /// A trace id as the SDK writes them.
+    const T1: &str = "6b11caee091cdb11b7178d331943565d";
+
     fn span(hop: &str, index: i64, service: &str, kv: &[(&str, &str)]) -> StoredSpan {
         let mut attributes = BTreeMap::new();
         attributes.insert(attrs::HOP_NAME.to_owned(), json!(hop));
@@ -748,7 +759,7 @@ mod tests {
             attributes.insert((*k).to_owned(), json!(v));
         }
         StoredSpan {
-            trace_id: "t1".into(),
+            trace_id: T1.into(),
             span_id: format!("{index:016x}"),
             parent_span_id: String::new(),
             name: hop.into(),
@@ -802,7 +813,7 @@ mod tests {
     }
 
     fn violations(spans: &[StoredSpan]) -> Vec<String> {
-        match audit_trace("t1", spans).verdict {
+        match audit_trace(T1, spans).verdict {
             Verdict::Violation { violations } => violations,
             other => panic!("expected a violation, got {other:?}"),
         }
@@ -811,14 +822,14 @@ mod tests {
     #[test]
     fn faithful_chains_are_ok() {
         let pt = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
-        assert_eq!(audit_trace("t1", &pt).verdict, Verdict::Ok);
+        assert_eq!(audit_trace(T1, &pt).verdict, Verdict::Ok);
         let br = chain(
             "broker",
             "service_token",
             "sha256:svc000000000",
             "orders-service",
         );
-        let r = audit_trace("t1", &br);
+        let r = audit_trace(T1, &br);
         assert_eq!(r.verdict, Verdict::Ok);
         assert_eq!(r.entered.subject.as_deref(), Some("alice"));
         assert_eq!(r.reached.unwrap().kind.as_deref(), Some("service_token"));
@@ -887,6 +898,17 @@ mod tests {
             !v[0].contains("eyJ"),
             "the report does not repeat the value"
         );
+        // A faithful chain under a trace id no SDK writes (an edited store).
+        let faithful = chain("passthrough", "user_jwt", "sha256:user00000000", "alice");
+        for bad in ["zz11caee091cdb11b7178d331943565d", "t1", ""] {
+            match audit_trace(bad, &faithful).verdict {
+                Verdict::Violation { violations } => assert!(
+                    violations[0].contains(&format!("the trace id `{bad}` is not 32 hex digits")),
+                    "{violations:?}"
+                ),
+                other => panic!("{bad}: expected a violation, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -900,7 +922,7 @@ mod tests {
             .attributes
             .insert(attrs::FAILURE_REASON.into(), json!("expired"));
         assert_eq!(
-            audit_trace("t1", &rejected).verdict,
+            audit_trace(T1, &rejected).verdict,
             Verdict::Rejected {
                 hop: "gateway.interceptor".into(),
                 reason: "expired".into()
@@ -950,7 +972,7 @@ mod tests {
         };
         let login = vec![app.clone(), idp("rejected")];
         assert_eq!(
-            audit_trace("t1", &login).verdict,
+            audit_trace(T1, &login).verdict,
             rejected("idp.token", "forbidden")
         );
         // The IdP could not be reached: the app says so.
@@ -962,12 +984,12 @@ mod tests {
             .attributes
             .insert(attrs::FAILURE_REASON.into(), json!("upstream_unavailable"));
         assert_eq!(
-            audit_trace("t1", &[unreachable]).verdict,
+            audit_trace(T1, &[unreachable]).verdict,
             rejected("app.request", "upstream_unavailable")
         );
         // Without either, spans are missing.
         assert!(matches!(
-            audit_trace("t1", &[app.clone(), idp("ok")]).verdict,
+            audit_trace(T1, &[app.clone(), idp("ok")]).verdict,
             Verdict::Violation { .. }
         ));
         // Once in the chain, a refused `idp.token` (a hop's own token) is not where it stopped.
@@ -975,7 +997,7 @@ mod tests {
         entered.truncate(3);
         entered.push(idp("rejected"));
         assert!(matches!(
-            audit_trace("t1", &entered).verdict,
+            audit_trace(T1, &entered).verdict,
             Verdict::Violation { .. }
         ));
     }

@@ -25,7 +25,7 @@ use telemetry::otlp::StoredSpan;
 use crate::audit::Record;
 
 /// Bumped when [`Record`] or the index changes shape, or the audit's rules change.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Index {
