@@ -123,7 +123,7 @@ def run_target(args, env, mode, n, token):
     """Instructions of one target process serving n requests: (request threads, the others)."""
     out = os.path.join(args.out, f"callgrind.{mode}.{n}")
     log = os.path.join(args.out, f"target.{mode}.{n}.out")
-    for stale in glob.glob(f"{glob.escape(out)}*"):
+    for stale in glob.glob(glob.escape(out)) + glob.glob(f"{glob.escape(out)}-*"):
         os.remove(stale)  # an earlier run's files, possibly for more threads
     hop_env = dict(env)
     if mode == "off":
