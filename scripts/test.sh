@@ -6,6 +6,8 @@
 #   cargo-lambda   from PyPI into .venv-tools (the Lambda runtime emulator)
 #   moto           from PyPI into .venv-aws (the AWS emulator: STS, Secrets Manager), started
 #                  here on a free loopback port for the whole run and stopped at exit
+#   cfn-lint       from PyPI into .venv-cfn (checks deploy/*.json; its bundled schemas include
+#                  AWS::BedrockAgentCore::*)
 #   Chromium       from Debian (apt-get install chromium): renders the HTML report
 #   Prometheus     from Debian (apt-get install prometheus): Jaeger's Monitor tab (SPM) test
 #   playwright-core from npm into tools/node (drives that Chromium; never downloads a browser)
@@ -34,6 +36,12 @@ if [ ! -x .venv-aws/bin/moto_server ]; then
   step "installing moto[server] from PyPI into .venv-aws"
   python3 -m venv .venv-aws
   .venv-aws/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+
+if [ ! -x .venv-cfn/bin/cfn-lint ]; then
+  step "installing cfn-lint from PyPI into .venv-cfn"
+  python3 -m venv .venv-cfn
+  .venv-cfn/bin/pip install --quiet --disable-pip-version-check 'cfn-lint==1.58.0'
 fi
 
 # moto 5.2.5 answers GetTraceSummaries with `"Users": {}` where X-Ray's model (and so the Rust
@@ -79,6 +87,7 @@ export TOKENTRAIL_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
 export TOKENTRAIL_JAEGER_BIN="$TOOLS/jaeger"
 export TOKENTRAIL_CARGO_LAMBDA="$ROOT/.venv-tools/bin/cargo-lambda"
+export TOKENTRAIL_CFN_LINT="$ROOT/.venv-cfn/bin/cfn-lint"
 TOKENTRAIL_CHROMIUM=$(command -v chromium)
 export TOKENTRAIL_CHROMIUM
 export TOKENTRAIL_NODE_MODULES="$ROOT/tools/node/node_modules"

@@ -186,6 +186,7 @@ impl BrokerEnv {
                 sts_endpoint: self.sts.clone(),
                 region: "us-east-1".into(),
                 timeout,
+                sign_service: None,
             },
             Some(self.base.clone()),
         )

@@ -37,6 +37,21 @@ pub struct AwsCredentials {
     pub expires_at: Option<SystemTime>,
 }
 
+impl AwsCredentials {
+    /// The same credentials as the AWS SDK's type (for its clients and the SigV4 signer).
+    pub fn to_sdk(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::new(
+            self.access_key_id.clone(),
+            self.secret_access_key.expose_secret().to_owned(),
+            self.session_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+            self.expires_at,
+            "tokentrail",
+        )
+    }
+}
+
 impl std::fmt::Debug for AwsCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwsCredentials")
@@ -205,17 +220,7 @@ pub fn sign_get_caller_identity(
         "{}/?{GET_CALLER_IDENTITY_QUERY}",
         base.origin().ascii_serialization()
     );
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose_secret().to_owned(),
-        creds
-            .session_token
-            .as_ref()
-            .map(|t| t.expose_secret().to_owned()),
-        creds.expires_at,
-        "tokentrail",
-    )
-    .into();
+    let identity = creds.to_sdk().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)

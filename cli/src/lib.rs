@@ -10,6 +10,7 @@
 //! | `load` | [`load`]: open/closed-loop load against either or both patterns |
 //! | `report` | [`report`]: the HTML page comparing the patterns |
 //! | `dashboards` | [`dashboards`]: the Grafana and CloudWatch dashboards (same panels) |
+//! | `deploy` | [`deploy`]: both patterns on AWS from `deploy/` (`--plan` needs no account) |
 
 pub mod app;
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod audit_index;
 pub mod bench;
 pub mod dashboards;
 pub mod demo;
+pub mod deploy;
 pub mod load;
 pub mod plain_get;
 pub mod report;
@@ -259,6 +261,23 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Deploy both patterns to AWS (workload and central accounts) from the CloudFormation
+    /// templates in deploy/, with the AWS SAM CLI; --plan prints what would be built, with no
+    /// AWS call and no credentials.
+    Deploy {
+        /// The deploy parameters (TOML; deploy/params.example.toml shows every key).
+        #[arg(long, default_value = "deploy/params.toml")]
+        params: PathBuf,
+        /// Print the plan per account and the parameters still unset; deploy nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Where the templates are (central.json, workload.json).
+        #[arg(long, default_value = "deploy")]
+        templates: PathBuf,
+        /// The AWS SAM CLI.
+        #[arg(long, env = "TOKENTRAIL_SAM", default_value = "sam")]
+        sam: String,
+    },
 }
 
 /// A pattern on the command line.
@@ -428,6 +447,12 @@ pub fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     })
             }
+            Command::Deploy {
+                params,
+                plan,
+                templates,
+                sam,
+            } => deploy::run(&params, &templates, plan, &sam).map(|_| ExitCode::SUCCESS),
             Command::Dashboards { out, region, check } => {
                 dashboards::run(&out, &region, check).map(|_| ExitCode::SUCCESS)
             }

@@ -438,7 +438,7 @@ pub async fn run_lambda(hop: HopName) -> Result<()> {
         }
         HopName::Agent => {
             agent::front::run_lambda(
-                agent::Deps::new(agent::AgentConfig::from_env()?)?,
+                agent::Deps::new(agent::AgentConfig::from_env_and_secrets().await?)?,
                 telemetry.clone(),
             )
             .await

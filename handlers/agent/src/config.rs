@@ -10,6 +10,19 @@ pub enum ConfigError {
     /// A variable is missing.
     #[error("missing environment variable {0}")]
     Missing(&'static str),
+    /// The client secret could not be read from Secrets Manager.
+    #[error("cannot read the agent's client secret {name} from Secrets Manager: {reason}")]
+    Secret {
+        /// The secret's id (`TOKENTRAIL_AGENT_CLIENT_SECRET_ARN`).
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Both ways of giving the client secret are set.
+    #[error(
+        "set either TOKENTRAIL_AGENT_CLIENT_SECRET or TOKENTRAIL_AGENT_CLIENT_SECRET_ARN, not both"
+    )]
+    TwoSecrets,
 }
 
 /// Agent configuration.
@@ -41,8 +54,49 @@ fn var(name: &'static str) -> Result<String, ConfigError> {
 }
 
 impl AgentConfig {
+    /// From `TOKENTRAIL_*` variables; the client secret is `TOKENTRAIL_AGENT_CLIENT_SECRET`, or
+    /// read once from Secrets Manager when `TOKENTRAIL_AGENT_CLIENT_SECRET_ARN` names it (the
+    /// secret string itself; standard AWS configuration, `AWS_ENDPOINT_URL_SECRETS_MANAGER` for
+    /// emulators), so that no template or function configuration holds it.
+    pub async fn from_env_and_secrets() -> Result<Self, ConfigError> {
+        let arn = std::env::var("TOKENTRAIL_AGENT_CLIENT_SECRET_ARN")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let Some(arn) = arn else {
+            return Self::from_env();
+        };
+        if std::env::var("TOKENTRAIL_AGENT_CLIENT_SECRET").is_ok_and(|v| !v.is_empty()) {
+            return Err(ConfigError::TwoSecrets);
+        }
+        let config = telemetry::aws_http::config_loader().load().await;
+        let out = aws_sdk_secretsmanager::Client::new(&config)
+            .get_secret_value()
+            .secret_id(&arn)
+            .send()
+            .await
+            .map_err(|e| ConfigError::Secret {
+                name: arn.clone(),
+                reason: aws_sdk_secretsmanager::error::DisplayErrorContext(e.into_service_error())
+                    .to_string(),
+            })?;
+        let secret = out
+            .secret_string
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::Secret {
+                name: arn.clone(),
+                reason: "the secret holds no string (put the client secret with `aws \
+                         secretsmanager put-secret-value`)"
+                    .into(),
+            })?;
+        Self::with_secret(SecretString::from(secret))
+    }
+
     /// From `TOKENTRAIL_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::with_secret(SecretString::from(var("TOKENTRAIL_AGENT_CLIENT_SECRET")?))
+    }
+
+    fn with_secret(client_secret: SecretString) -> Result<Self, ConfigError> {
         Ok(Self {
             inbound_user_header: std::env::var("TOKENTRAIL_RUNTIME_USER_HEADER")
                 .unwrap_or_else(|_| "X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken".into()),
@@ -51,7 +105,7 @@ impl AgentConfig {
             gateway_url: var("TOKENTRAIL_GATEWAY_URL")?,
             token_endpoint: var("TOKENTRAIL_TOKEN_ENDPOINT")?,
             client_id: var("TOKENTRAIL_AGENT_CLIENT_ID")?,
-            client_secret: SecretString::from(var("TOKENTRAIL_AGENT_CLIENT_SECRET")?),
+            client_secret,
             scope: std::env::var("TOKENTRAIL_AGENT_SCOPE")
                 .unwrap_or_else(|_| "gateway:invoke".into()),
             timeout: Duration::from_secs(10),

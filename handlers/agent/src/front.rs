@@ -42,6 +42,26 @@ async fn invocations(
     (status, axum::Json(reply.body)).into_response()
 }
 
+/// Serve the container contract on `TOKENTRAIL_AGENT_LISTEN` (an AgentCore Runtime container
+/// listens on `0.0.0.0:8080`) when it is set, else run under `lambda_http`.
+pub async fn run(deps: Deps, telemetry: telemetry::Telemetry) -> Result<(), lambda_http::Error> {
+    let Some(listen) = std::env::var("TOKENTRAIL_AGENT_LISTEN")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return run_lambda(deps, telemetry).await;
+    };
+    let addr: std::net::SocketAddr = listen.trim().parse().map_err(|e| {
+        format!("TOKENTRAIL_AGENT_LISTEN=`{listen}` is not an address such as 0.0.0.0:8080: {e}")
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let served = axum::serve(listener, router(deps)).await;
+    telemetry.shutdown();
+    served.map_err(|e| format!("the agent's server stopped: {e}").into())
+}
+
 /// Run under `lambda_http`: each invocation's spans are flushed (bounded) before it returns.
 pub async fn run_lambda(
     deps: Deps,

@@ -1,4 +1,5 @@
-//! Lambda entry of the agent (`lambda_http` over the container-contract router).
+//! Lambda entry of the agent (`lambda_http` over the container-contract router), or the
+//! AgentCore Runtime container (`TOKENTRAIL_AGENT_LISTEN`, e.g. `0.0.0.0:8080`).
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -9,6 +10,6 @@ async fn run() -> Result<(), lambda_http::Error> {
     let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
         telemetry::Service::Agent,
     ))?;
-    let deps = agent::Deps::new(agent::AgentConfig::from_env()?)?;
-    agent::front::run_lambda(deps, telemetry).await
+    let deps = agent::Deps::new(agent::AgentConfig::from_env_and_secrets().await?)?;
+    agent::front::run(deps, telemetry).await
 }

@@ -3,6 +3,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `TOKENTRAIL_BROKER_POLICY` | required | path of the policy TOML ([`crate::policy`]) |
+//! | `TOKENTRAIL_BROKER_POLICY_TOML` | | the policy TOML itself, instead of a path (a Lambda's environment) |
 //! | `TOKENTRAIL_BROKER_ID` | `tokentrail-broker` | value callers bind their proof to |
 //! | `TOKENTRAIL_STS_ENDPOINT` | `https://sts.$AWS_REGION.amazonaws.com` | the only STS endpoint a proof may target |
 //! | `TOKENTRAIL_TOKEN_ENDPOINT` | `$TOKENTRAIL_ISSUER/token` | IdP token endpoint |
@@ -29,14 +30,30 @@ use lambda_front::env::{number, opt, positive, region, sts_endpoint};
 
 /// Settings and secret store from the environment.
 pub async fn from_env() -> Result<(BrokerSettings, Arc<dyn SecretStore>), ConfigError> {
-    let policy_path =
-        opt("TOKENTRAIL_BROKER_POLICY").ok_or(ConfigError::Missing("TOKENTRAIL_BROKER_POLICY"))?;
-    let text = std::fs::read_to_string(&policy_path).map_err(|e| ConfigError::Invalid {
-        name: "TOKENTRAIL_BROKER_POLICY",
-        reason: format!("cannot read {policy_path}: {e}"),
-    })?;
+    let (name, text) = match (
+        opt("TOKENTRAIL_BROKER_POLICY"),
+        opt("TOKENTRAIL_BROKER_POLICY_TOML"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                name: "TOKENTRAIL_BROKER_POLICY_TOML",
+                reason: "set either TOKENTRAIL_BROKER_POLICY (a file) or \
+                         TOKENTRAIL_BROKER_POLICY_TOML (the policy itself), not both"
+                    .into(),
+            });
+        }
+        (Some(path), None) => (
+            "TOKENTRAIL_BROKER_POLICY",
+            std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                name: "TOKENTRAIL_BROKER_POLICY",
+                reason: format!("cannot read {path}: {e}"),
+            })?,
+        ),
+        (None, Some(text)) => ("TOKENTRAIL_BROKER_POLICY_TOML", text),
+        (None, None) => return Err(ConfigError::Missing("TOKENTRAIL_BROKER_POLICY")),
+    };
     let policy = Policy::from_toml(&text).map_err(|e| ConfigError::Invalid {
-        name: "TOKENTRAIL_BROKER_POLICY",
+        name,
         reason: e.to_string(),
     })?;
     let token_endpoint = match opt("TOKENTRAIL_TOKEN_ENDPOINT") {

@@ -5,7 +5,9 @@
 //!    because a Lambda assuming a role with its execution-role session is role chaining.
 //! 2. Sign (without sending) `sts:GetCallerIdentity` with those credentials, bound to the
 //!    broker's id: the caller proof.
-//! 3. `POST {broker}/token` with the proof, within a bounded timeout.
+//! 3. `POST {broker}/token` with the proof, within a bounded timeout; SigV4-signed with the same
+//!    credentials when the broker sits behind an IAM-authenticated endpoint (a Lambda function
+//!    URL with `AuthType: AWS_IAM` is service `lambda`, API Gateway is `execute-api`).
 //!
 //! Every failure carries the reason the interceptor denies with (fail closed).
 
@@ -13,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use auth::Rejection;
 use auth::iam::{self, AwsCredentials};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use telemetry::attrs::semconv;
 use telemetry::{FailureReason, Hop, Role, Span, TraceContext};
@@ -48,6 +50,8 @@ pub struct BrokerSettings {
     pub region: String,
     /// Bound on each of STS and the broker call.
     pub timeout: Duration,
+    /// SigV4 service name to sign the broker call for (`None`: unsigned).
+    pub sign_service: Option<String>,
 }
 
 /// Why no service token was obtained.
@@ -123,13 +127,7 @@ impl BrokerClient {
             .endpoint_url(settings.sts_endpoint.clone())
             .timeout_config(timeouts);
         if let Some(b) = base {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                b.access_key_id,
-                b.secret_access_key.expose_secret().to_owned(),
-                b.session_token.map(|t| t.expose_secret().to_owned()),
-                b.expires_at,
-                "tokentrail",
-            ));
+            loader = loader.credentials_provider(b.to_sdk());
         }
         let config = loader.load().await;
         let http = reqwest::Client::builder()
@@ -224,6 +222,40 @@ impl BrokerClient {
         Ok(creds)
     }
 
+    /// The `POST {broker}/token` request, SigV4-signed with `creds` when the settings ask.
+    fn broker_request(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        mut headers: http::HeaderMap,
+        creds: &AwsCredentials,
+    ) -> Result<reqwest::Request, BrokerFailure> {
+        let internal = |e: String| failure(FailureReason::Internal, e);
+        let bytes = serde_json::to_vec(body).map_err(|e| internal(e.to_string()))?;
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(url)
+            .body(bytes::Bytes::from(bytes))
+            .map_err(|e| internal(format!("the broker URL `{url}` is not usable: {e}")))?;
+        *req.headers_mut() = headers;
+        if let Some(service) = &self.settings.sign_service {
+            telemetry::xray::sigv4_sign(
+                &mut req,
+                &creds.to_sdk(),
+                &self.settings.region,
+                service,
+                SystemTime::now(),
+            )
+            .map_err(|e| internal(format!("cannot sign the broker call: {e}")))?;
+        }
+        let req: http::Request<reqwest::Body> = req.map(reqwest::Body::from);
+        reqwest::Request::try_from(req).map_err(|e| internal(e.without_url().to_string()))
+    }
+
     /// A service token for this request.
     #[instrument(skip_all, level = "debug", name = "interceptor.service_token")]
     pub async fn service_token(
@@ -248,28 +280,22 @@ impl BrokerClient {
         if let Some(c) = &self.settings.credential {
             body["credential"] = serde_json::Value::String(c.clone());
         }
-        let resp = self
-            .http
-            .post(&url)
-            .headers(span.context().http_headers())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                let reason = auth::wire::transport_failure(&e);
-                span.fail(reason.as_str());
-                failure(
-                    reason,
-                    if reason == FailureReason::UpstreamTimeout {
-                        format!(
-                            "the token broker did not answer within {} ms",
-                            self.settings.timeout.as_millis()
-                        )
-                    } else {
-                        format!("the token broker could not be reached: {}", e.without_url())
-                    },
-                )
-            })?;
+        let request = self.broker_request(&url, &body, span.context().http_headers(), &creds)?;
+        let resp = self.http.execute(request).await.map_err(|e| {
+            let reason = auth::wire::transport_failure(&e);
+            span.fail(reason.as_str());
+            failure(
+                reason,
+                if reason == FailureReason::UpstreamTimeout {
+                    format!(
+                        "the token broker did not answer within {} ms",
+                        self.settings.timeout.as_millis()
+                    )
+                } else {
+                    format!("the token broker could not be reached: {}", e.without_url())
+                },
+            )
+        })?;
         let status = resp.status().as_u16();
         span.attr(semconv::HTTP_RESPONSE_STATUS_CODE, status);
         let bytes = resp.bytes().await.map_err(|e| {
@@ -309,5 +335,101 @@ impl BrokerClient {
                 format!("the token broker answered {status} without a reason"),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(sign_service: Option<&str>) -> BrokerSettings {
+        BrokerSettings {
+            broker_url: "https://abc.lambda-url.eu-west-1.on.aws".into(),
+            broker_id: "tokentrail-broker".into(),
+            credential: None,
+            role_arn: "arn:aws:iam::111122223333:role/caller".into(),
+            external_id: None,
+            session_name: "t".into(),
+            session_duration: Duration::from_secs(3600),
+            sts_endpoint: "https://sts.eu-west-1.amazonaws.com".into(),
+            region: "eu-west-1".into(),
+            timeout: Duration::from_secs(1),
+            sign_service: sign_service.map(str::to_owned),
+        }
+    }
+
+    fn creds() -> AwsCredentials {
+        AwsCredentials {
+            access_key_id: "ASIATESTKEY".into(),
+            secret_access_key: SecretString::from("test-secret-key".to_owned()),
+            session_token: Some(SecretString::from("test-session".to_owned())),
+            expires_at: None,
+        }
+    }
+
+    async fn request(sign_service: Option<&str>) -> reqwest::Request {
+        let client = BrokerClient::with_base_credentials(settings(sign_service), Some(creds()))
+            .await
+            .expect("client");
+        client
+            .broker_request(
+                "https://abc.lambda-url.eu-west-1.on.aws/token",
+                &serde_json::json!({"caller_proof": {}}),
+                http::HeaderMap::new(),
+                &creds(),
+            )
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn the_broker_call_is_signed_for_the_named_service_and_verifies() {
+        let req = request(Some("lambda")).await;
+        let mut headers = req.headers().clone();
+        // As on the wire: the HTTP client adds `host` from the URL when it sends.
+        headers.insert(
+            "host",
+            http::HeaderValue::from_str(req.url().host_str().expect("host")).expect("host"),
+        );
+        let body = req
+            .body()
+            .and_then(|b| b.as_bytes())
+            .expect("body")
+            .to_vec();
+        let received = iam::ReceivedRequest {
+            method: "POST",
+            path: req.url().path(),
+            query: req.url().query().unwrap_or(""),
+            headers: &headers,
+            body: &body,
+        };
+        let params = iam::sigv4_params(&received).expect("a SigV4 Authorization header");
+        assert_eq!(params.service, "lambda");
+        assert_eq!(params.region, "eu-west-1");
+        assert_eq!(params.access_key_id, "ASIATESTKEY");
+        assert!(params.signed_headers.iter().any(|h| h == "host"));
+        iam::verify_sigv4(
+            &received,
+            &params,
+            &SecretString::from("test-secret-key".to_owned()),
+        )
+        .expect("the signature verifies with the assumed role's secret");
+        assert_eq!(
+            headers
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok()),
+            Some("test-session")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_broker_call_carries_no_authorization() {
+        let req = request(None).await;
+        assert!(req.headers().get("authorization").is_none());
+        assert_eq!(
+            req.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
     }
 }

@@ -6,8 +6,10 @@
 //! `TOKENTRAIL_PATTERN=broker` switches to broker mode, which also needs `TOKENTRAIL_BROKER_URL`,
 //! `TOKENTRAIL_BROKER_ROLE_ARN` and takes `TOKENTRAIL_BROKER_EXTERNAL_ID`, `TOKENTRAIL_BROKER_ID`
 //! (`tokentrail-broker`), `TOKENTRAIL_BROKER_CREDENTIAL`, `TOKENTRAIL_BROKER_SESSION_S` (3600),
-//! `TOKENTRAIL_BROKER_TIMEOUT_MS` (2000), `TOKENTRAIL_STS_ENDPOINT`, `AWS_REGION`; its own
-//! credentials come from the standard AWS configuration (the Lambda execution role).
+//! `TOKENTRAIL_BROKER_TIMEOUT_MS` (2000), `TOKENTRAIL_BROKER_SIGV4` (unset: the broker call is
+//! not signed; `lambda` for a function URL with `AuthType: AWS_IAM`, `execute-api` for API
+//! Gateway: signed with the assumed role's credentials), `TOKENTRAIL_STS_ENDPOINT`, `AWS_REGION`;
+//! its own credentials come from the standard AWS configuration (the Lambda execution role).
 
 use std::time::Duration;
 
@@ -93,6 +95,7 @@ impl InterceptorConfig {
                         2000,
                         "time out every call to the broker",
                     )?),
+                    sign_service: opt("TOKENTRAIL_BROKER_SIGV4"),
                 })
             }
         };
