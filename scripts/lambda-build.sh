@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Build the four Lambda bootstraps as deployable zips, with cargo-lambda:
 #
-#   scripts/lambda-build.sh            arm64 (what deploy/ deploys: provided.al2023, arm64)
-#   scripts/lambda-build.sh --x86-64   x86_64 (to run them on an x86_64 machine, as the tests do)
+#   scripts/lambda-build.sh                    arm64 (what deploy/ deploys: provided.al2023, arm64)
+#   scripts/lambda-build.sh --x86-64           x86_64, into target/lambda-x86_64 (target/lambda holds
+#                                              only what deploy/ ships: arm64)
+#   scripts/lambda-build.sh [--x86-64] --release   the `release` profile instead of `lambda`
 #
-# Each hop is `cargo lambda build --release --<arch> --output-format zip -p tokentrail-<hop>`, all
-# four in one cargo run (they share one dependency build). The zips land in
+# Each hop is `cargo lambda build --profile lambda --arm64 --output-format zip -p tokentrail-<hop>`,
+# all four in one cargo run (they share one dependency build). The workspace's `lambda` profile is
+# `release` with fat LTO, one codegen unit and opt-level "z": smaller bootstraps (the 8 MB goal),
+# a slower build; --release builds with the plain `release` profile. The zips land in
 # target/lambda/tokentrail-<hop>/bootstrap.zip, where deploy/*.json name them. Prints each
 # bootstrap's architecture (read from its ELF header), its size unzipped and the zip's size.
 #
@@ -15,12 +19,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=arm64
-case "${1:-}" in
-  ""|--arm64) ARCH=arm64 ;;
-  --x86-64) ARCH=x86-64 ;;
-  *) echo "usage: scripts/lambda-build.sh [--arm64|--x86-64]" >&2; exit 2 ;;
-esac
+PROFILE=(--profile lambda)
+for arg in "$@"; do
+  case "$arg" in
+    --arm64) ARCH=arm64 ;;
+    --x86-64) ARCH=x86-64 ;;
+    --release) PROFILE=(--release) ;;
+    *) echo "usage: scripts/lambda-build.sh [--arm64|--x86-64] [--release]" >&2; exit 2 ;;
+  esac
+done
 HOPS="agent interceptor broker target"
+OUT=target/lambda
+[ "$ARCH" = arm64 ] || OUT=target/lambda-x86_64
 
 CL=${TOKENTRAIL_CARGO_LAMBDA:-}
 if [ -z "$CL" ]; then
@@ -40,20 +50,20 @@ fi
 
 PKGS=()
 for hop in $HOPS; do PKGS+=(-p "tokentrail-$hop"); done
-echo "==> cargo lambda build --release --$ARCH --output-format zip ${PKGS[*]}"
+echo "==> cargo lambda build ${PROFILE[*]} --$ARCH --output-format zip --lambda-dir $OUT ${PKGS[*]}"
 start=$(date +%s)
-"$CL" lambda build --release "--$ARCH" --output-format zip "${PKGS[@]}"
+"$CL" lambda build "${PROFILE[@]}" "--$ARCH" --output-format zip --lambda-dir "$OUT" "${PKGS[@]}"
 echo "==> built in $(( $(date +%s) - start )) s"
 
-python3 - "$ARCH" $HOPS <<'PY'
+python3 - "$ARCH" "$OUT" $HOPS <<'PY'
 import struct, sys, zipfile
-arch, hops = sys.argv[1], sys.argv[2:]
+arch, out, hops = sys.argv[1], sys.argv[2], sys.argv[3:]
 want = {"arm64": (183, "arm64"), "x86-64": (62, "x86_64")}[arch]
 names = {183: "arm64", 62: "x86_64"}
 bad = False
 print(f"{'function':<24} {'arch':<7} {'bootstrap':>12} {'zip':>12}  path")
 for hop in hops:
-    path = f"target/lambda/tokentrail-{hop}/bootstrap.zip"
+    path = f"{out}/tokentrail-{hop}/bootstrap.zip"
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("bootstrap")
         head = z.open("bootstrap").read(20)

@@ -10,6 +10,9 @@
 #                  AWS::BedrockAgentCore::*)
 #   Chromium       from Debian (apt-get install chromium): renders the HTML report
 #   Prometheus     from Debian (apt-get install prometheus): Jaeger's Monitor tab (SPM) test
+#   qemu-user, libc6-arm64-cross  from Debian: run the arm64 Lambda bootstraps deploy/ ships on
+#                  an x86_64 machine, under cargo-lambda's emulator
+#   the Lambda zips  scripts/lambda-build.sh (arm64, the `lambda` profile) into target/lambda
 #   playwright-core from npm into tools/node (drives that Chromium; never downloads a browser)
 #
 # Other tests start what they need themselves, on free loopback ports, and stop it.
@@ -53,8 +56,12 @@ grep -q '"Users": \[\]' "$MOTO_XRAY" || { echo "could not fix moto's GetTraceSum
 DEBIAN_WANTED=""
 command -v chromium >/dev/null || DEBIAN_WANTED="$DEBIAN_WANTED chromium"
 [ -x /usr/bin/prometheus ] || DEBIAN_WANTED="$DEBIAN_WANTED prometheus"
+if [ "$(uname -m)" != aarch64 ]; then
+  command -v qemu-aarch64 >/dev/null || DEBIAN_WANTED="$DEBIAN_WANTED qemu-user"
+  [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || DEBIAN_WANTED="$DEBIAN_WANTED libc6-arm64-cross"
+fi
 if [ -n "$DEBIAN_WANTED" ]; then
-  step "installing from Debian:$DEBIAN_WANTED (the HTML report's browser; Prometheus for Jaeger's Monitor tab)"
+  step "installing from Debian:$DEBIAN_WANTED (the HTML report's browser; Prometheus for Jaeger's Monitor tab; qemu-user and the arm64 C library for the arm64 bootstraps)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -88,6 +95,11 @@ export TOKENTRAIL_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export TOKENTRAIL_JAEGER_BIN="$TOOLS/jaeger"
 export TOKENTRAIL_CARGO_LAMBDA="$ROOT/.venv-tools/bin/cargo-lambda"
 export TOKENTRAIL_CFN_LINT="$ROOT/.venv-cfn/bin/cfn-lint"
+export TOKENTRAIL_LAMBDA_ZIPS="$ROOT/target/lambda"
+if [ "$(uname -m)" != aarch64 ]; then
+  TOKENTRAIL_QEMU_AARCH64=$(command -v qemu-aarch64)
+  export TOKENTRAIL_QEMU_AARCH64
+fi
 TOKENTRAIL_CHROMIUM=$(command -v chromium)
 export TOKENTRAIL_CHROMIUM
 export TOKENTRAIL_NODE_MODULES="$ROOT/tools/node/node_modules"
@@ -99,6 +111,9 @@ cargo fmt --all --check
 
 step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "the Lambda zips deploy/ ships (scripts/lambda-build.sh: arm64, cargo-lambda)"
+bash scripts/lambda-build.sh
 
 step "cargo test"
 cargo test --workspace

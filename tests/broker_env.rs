@@ -18,7 +18,7 @@ use telemetry::{FailureReason, Hop, TraceContext};
 /// The role the caller assumes (allowed by [`policy`]).
 pub const CALLER_ROLE: &str = "arn:aws:iam::222222222222:role/tokentrail-broker-caller";
 const EXTERNAL_ID: &str = "suite-external-id";
-const BROKER_ID: &str = "suite-broker";
+pub const BROKER_ID: &str = "suite-broker";
 
 /// Which AWS the suite runs against.
 pub struct BrokerEnv {

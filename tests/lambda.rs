@@ -1,7 +1,9 @@
 //! The Lambda front doors, under cargo-lambda's Lambda runtime emulator (`cargo lambda watch
 //! --only-lambda-apis`): the interceptor invoked with events shaped as the facts file documents,
 //! the target's `lambda_http` entry called through the emulator's function URL, and each
-//! invocation's spans flushed to the collector before the invocation returns.
+//! invocation's spans flushed to the collector before the invocation returns. And the zips
+//! `scripts/lambda-build.sh` built for deploy/ (arm64; under qemu-user on an x86_64 machine):
+//! each of the four bootstraps answers one real event.
 //!
 //! Needs `cargo-lambda` (installed by scripts/test.sh; path in `TOKENTRAIL_CARGO_LAMBDA`). Without
 //! it the test is skipped, unless `TOKENTRAIL_REQUIRE_TOOLS=1` (set by scripts/test.sh), which
@@ -82,22 +84,32 @@ async fn start_function(
     env: &[(&str, String)],
     stdout: &std::path::Path,
 ) -> Function {
-    let (port, emulator) = start_emulator(cargo_lambda).await;
     let mut cmd = Command::new(support::bin());
-    cmd.args(["lambda", hop])
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("TOKENTRAIL_LOG", "off")
-        .stdout(Stdio::from(
-            std::fs::File::create(stdout).expect("stdout file"),
-        ))
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args(["lambda", hop]);
+    start_attached(cargo_lambda, cmd, env, stdout).await
+}
+
+/// Start `cmd` (a Lambda function) attached to a new emulator, with Lambda's variables.
+async fn start_attached(
+    cargo_lambda: &PathBuf,
+    mut cmd: Command,
+    env: &[(&str, String)],
+    stdout: &std::path::Path,
+) -> Function {
+    let (port, emulator) = start_emulator(cargo_lambda).await;
+    cmd.env(
+        "AWS_LAMBDA_RUNTIME_API",
+        format!("http://127.0.0.1:{port}/.rt"),
+    )
+    .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    .env("TOKENTRAIL_LOG", "off")
+    .stdout(Stdio::from(
+        std::fs::File::create(stdout).expect("stdout file"),
+    ))
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -451,4 +463,328 @@ fn outside_lambda_a_function_says_what_is_missing() {
         );
         assert!(!said.contains("panicked"), "{said}");
     }
+}
+
+/// The bootstrap inside `zip`, extracted into `dir` (Python's zipfile: on every machine).
+fn extract_bootstrap(zip: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("dir");
+    let run = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(zip)
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    assert!(run.status.success(), "cannot unzip {}", zip.display());
+    let bootstrap = dir.join("bootstrap");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bootstrap
+}
+
+/// How to run `bootstrap` here: directly, or under qemu-user when it is arm64 on another CPU
+/// (`TOKENTRAIL_QEMU_AARCH64`, with the arm64 C library under `TOKENTRAIL_QEMU_LD_PREFIX`).
+fn bootstrap_command(bootstrap: &std::path::Path) -> (Command, &'static str) {
+    let head = std::fs::read(bootstrap).expect("bootstrap");
+    assert_eq!(
+        &head[..4],
+        b"\x7fELF",
+        "{} is not an ELF executable",
+        bootstrap.display()
+    );
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let arm64 = machine == 183;
+    if arm64 && std::env::consts::ARCH != "aarch64" {
+        let qemu = support::tool(
+            "TOKENTRAIL_QEMU_AARCH64",
+            "qemu-aarch64, to run the arm64 bootstraps",
+        )
+        .expect("the arm64 bootstraps need qemu-aarch64 on this machine");
+        let mut cmd = Command::new(qemu);
+        cmd.env(
+            "QEMU_LD_PREFIX",
+            std::env::var("TOKENTRAIL_QEMU_LD_PREFIX")
+                .unwrap_or_else(|_| "/usr/aarch64-linux-gnu".into()),
+        )
+        .arg(bootstrap);
+        (cmd, "arm64 under qemu-aarch64")
+    } else {
+        (
+            Command::new(bootstrap),
+            if arm64 { "arm64" } else { "x86_64" },
+        )
+    }
+}
+
+/// Retry `send` until the emulator has a function attached (it answers 502/404 before).
+async fn first_answer<F, Fut>(mut send: F) -> reqwest::Response
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    for _ in 0..300 {
+        match send().await {
+            Ok(r) if r.status().as_u16() != 502 && r.status().as_u16() != 404 => return r,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("the function did not answer through the emulator");
+}
+
+/// The zips `scripts/lambda-build.sh` built, as deploy/ deploys them: each bootstrap starts under
+/// cargo-lambda's emulator (the arm64 ones through qemu-user on an x86_64 machine) and answers one
+/// real event, and its spans reach the collector before the invocation returns.
+///
+/// - interceptor: the AWS-documented REQUEST event (MCP, `passRequestHeaders`) with a user JWT;
+/// - target: a function URL event, `GET /orders/A-1001` with that JWT;
+/// - agent: a function URL event, `POST /invocations` with the user JWT in the Runtime's header;
+///   it gets its own token from the IdP and calls a stand-in gateway; its client secret is read
+///   from Secrets Manager (moto, the real SDK client) when moto is running;
+/// - broker: a function URL event, `POST /token` with a caller proof signed by the interceptor's
+///   broker client, checked against the local STS stand-in; its policy comes inline
+///   (`TOKENTRAIL_BROKER_POLICY_TOML`, as deploy/central.json sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
+    let Some(cl) = cargo_lambda() else { return };
+    let Some(zips) = support::tool(
+        "TOKENTRAIL_LAMBDA_ZIPS",
+        "target/lambda, where scripts/lambda-build.sh puts the zips",
+    ) else {
+        return;
+    };
+    let zips = PathBuf::from(zips);
+    let out = support::tempdir("built-zips");
+    let env = support::broker_env::BrokerEnv::stand_in().await;
+    let issuer = env.idp.clone();
+    let collector = local::collector::Collector::open(&out, None)
+        .await
+        .expect("collector");
+    let (caddr, _c) = local::serve(
+        local::collector::router(collector.clone()),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("collector serves");
+    let common = vec![
+        ("TOKENTRAIL_ISSUER", issuer.clone()),
+        ("TOKENTRAIL_COLLECTOR_ENDPOINT", format!("http://{caddr}")),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ];
+    let token = {
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "tokentrail-app"),
+            ("username", "alice"),
+            ("password", "alice-password"),
+        ];
+        let t = local::idp::request_token(&issuer, &form)
+            .await
+            .expect("token");
+        secrecy::ExposeSecret::expose_secret(&t).to_owned()
+    };
+    let http = reqwest::Client::new();
+    let start = |hop: &'static str, extra: Vec<(&'static str, String)>| {
+        let zip = zips.join(format!("tokentrail-{hop}/bootstrap.zip"));
+        assert!(
+            zip.exists(),
+            "{} is missing: run scripts/lambda-build.sh",
+            zip.display()
+        );
+        let bootstrap = extract_bootstrap(&zip, &out.join(hop));
+        let (cmd, how) = bootstrap_command(&bootstrap);
+        eprintln!("tokentrail-{hop}: {how}");
+        let mut vars = common.clone();
+        vars.extend(extra);
+        let stdout = out.join(format!("{hop}.stdout"));
+        let cl = cl.clone();
+        async move { start_attached(&cl, cmd, &vars, &stdout).await }
+    };
+    let spans_of = |service: &str| {
+        telemetry::otlp::read_store(collector.path())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.service == service)
+            .count()
+    };
+
+    // --- interceptor: the REQUEST event ---
+    let f = start("interceptor", vec![]).await;
+    let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"orders___getOrder","arguments":{"orderId":"A-1001"}}});
+    let event = json!({"interceptorInputVersion":"1.0","mcp":{
+        "rawGatewayRequest":{"body":body.to_string()},
+        "gatewayRequest":{"path":"/mcp","httpMethod":"POST","headers":{"x-custom-usertoken":token,"authorization":"Bearer agent-token"},"body":body}}});
+    let invoke = format!(
+        "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
+        f.port
+    );
+    let r = first_answer(|| http.post(&invoke).json(&event).send()).await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["interceptorOutputVersion"], "1.0", "{v}");
+    assert_eq!(
+        v["mcp"]["transformedGatewayRequest"]["headers"]["Authorization"],
+        format!("Bearer {token}")
+    );
+    assert!(
+        spans_of("interceptor") >= 1,
+        "the interceptor's span was flushed"
+    );
+    drop(f);
+
+    // --- target: a function URL event ---
+    let f = start("target", vec![]).await;
+    let url = format!("http://127.0.0.1:{}/lambda-url/_/orders/A-1001", f.port);
+    let r = first_answer(|| http.get(&url).bearer_auth(&token).send()).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["reached_as"], "alice", "{v}");
+    assert!(spans_of("target") >= 1, "the target's span was flushed");
+    drop(f);
+
+    // --- agent: a function URL event, calling a stand-in gateway ---
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let recorded = seen.clone();
+    let gateway = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: axum::http::HeaderMap, axum::Json(req): axum::Json<Value>| {
+            let recorded = recorded.clone();
+            async move {
+                let mut r = recorded.lock().expect("lock");
+                for name in ["authorization", "x-custom-usertoken"] {
+                    if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                        r.push((name.to_owned(), v.to_owned()));
+                    }
+                }
+                axum::Json(json!({"jsonrpc":"2.0","id":req["id"],"result":{"content":[{"type":"text","text":"{\"order\":\"A-1001\"}"}]}}))
+            }
+        }),
+    );
+    let (gaddr, _g) = local::serve(gateway, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("gateway stand-in");
+    let mut agent_env = vec![
+        ("TOKENTRAIL_GATEWAY_URL", format!("http://{gaddr}/mcp")),
+        ("TOKENTRAIL_TOKEN_ENDPOINT", format!("{issuer}/token")),
+        ("TOKENTRAIL_AGENT_CLIENT_ID", "tokentrail-agent".to_owned()),
+    ];
+    match std::env::var("TOKENTRAIL_MOTO_ENDPOINT") {
+        Ok(moto) if !moto.is_empty() => {
+            let config = telemetry::aws_http::config_loader()
+                .region(aws_config::Region::new("us-east-1"))
+                .endpoint_url(&moto)
+                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                    "testing", "testing", None, None, "moto",
+                ))
+                .load()
+                .await;
+            let name = format!("tokentrail/agent/client-secret-{}", std::process::id());
+            let created = aws_sdk_secretsmanager::Client::new(&config)
+                .create_secret()
+                .name(&name)
+                .secret_string("agent-secret")
+                .send()
+                .await
+                .expect("moto creates the secret");
+            agent_env.extend([
+                (
+                    "TOKENTRAIL_AGENT_CLIENT_SECRET_ARN",
+                    created.arn().expect("arn").to_owned(),
+                ),
+                ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.clone()),
+                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ]);
+        }
+        _ => agent_env.push(("TOKENTRAIL_AGENT_CLIENT_SECRET", "agent-secret".to_owned())),
+    }
+    let f = start("agent", agent_env).await;
+    let url = format!("http://127.0.0.1:{}/lambda-url/_/invocations", f.port);
+    let payload = json!({"tool":"orders___getOrder","arguments":{"orderId":"A-1001"}});
+    let r = first_answer(|| {
+        http.post(&url)
+            .header("X-Amzn-Bedrock-AgentCore-Runtime-Custom-UserToken", &token)
+            .json(&payload)
+            .send()
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["result"]["order"], "A-1001", "{v}");
+    {
+        let seen = seen.lock().expect("lock");
+        assert!(
+            seen.iter()
+                .any(|(k, v)| k == "x-custom-usertoken" && v == &token),
+            "the user's JWT went to the gateway in X-Custom-UserToken"
+        );
+        assert!(
+            seen.iter().any(|(k, v)| k == "authorization"
+                && v.starts_with("Bearer ey")
+                && !v.contains(&token)),
+            "the agent's own token went in Authorization"
+        );
+    }
+    assert!(spans_of("agent") >= 1, "the agent's span was flushed");
+    drop(f);
+
+    // --- broker: a function URL event with a caller proof ---
+    let secrets = out.join("secrets.json");
+    std::fs::write(
+        &secrets,
+        json!({ env.secret_id.clone(): {"client_id": "orders-service", "client_secret": "orders-service-secret"} })
+            .to_string(),
+    )
+    .expect("secrets file");
+    let f = start(
+        "broker",
+        vec![
+            (
+                "TOKENTRAIL_BROKER_POLICY_TOML",
+                format!(
+                    "[credentials.orders-api]\nsecret = \"{}\"\nscope = \"orders:read\"\n\n[[allow]]\nrole = \"{}\"\ncredentials = [\"orders-api\"]\n",
+                    env.secret_id,
+                    support::broker_env::CALLER_ROLE
+                ),
+            ),
+            ("TOKENTRAIL_SECRETS", format!("file:{}", secrets.display())),
+            ("TOKENTRAIL_STS_ENDPOINT", env.sts.clone()),
+            ("TOKENTRAIL_BROKER_ID", support::broker_env::BROKER_ID.to_owned()),
+            ("TOKENTRAIL_TOKEN_ENDPOINT", format!("{issuer}/token")),
+        ],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}/lambda-url/_", f.port);
+    let client = env.client(&base, Duration::from_secs(5)).await;
+    let parent = telemetry::TraceContext::default();
+    let mut answered = None;
+    for _ in 0..300 {
+        match client.service_token(&parent).await {
+            Ok(t) => {
+                answered = Some(t);
+                break;
+            }
+            Err(e)
+                if e.message.contains("502")
+                    || e.message.contains("404")
+                    || e.message.contains("could not be reached") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the broker refused: {e:?}"),
+        }
+    }
+    let service = answered.expect("the broker answered through the emulator");
+    let claims = secrecy::ExposeSecret::expose_secret(&service.token)
+        .split('.')
+        .nth(1)
+        .map(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .expect("base64")
+        })
+        .map(|b| serde_json::from_slice::<Value>(&b).expect("claims"))
+        .expect("a JWT");
+    assert_eq!(claims["client_id"], "orders-service", "{claims}");
+    assert!(spans_of("broker") >= 1, "the broker's span was flushed");
+    drop(f);
+    let _ = std::fs::remove_dir_all(&out);
 }

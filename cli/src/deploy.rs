@@ -546,7 +546,16 @@ impl Resolved {
                         if let Some(p) = self.pseudo(name) {
                             p
                         } else if self.values.contains_key(name) {
-                            self.value(name).to_owned()
+                            let unset = self.value(name).is_empty()
+                                && self
+                                    .unset
+                                    .iter()
+                                    .any(|u| u == name || u.starts_with(&format!("{name} (")));
+                            if unset {
+                                format!("<{name}: unset>")
+                            } else {
+                                self.value(name).to_owned()
+                            }
                         } else if self.declared(name) {
                             format!("<{name}: unset>")
                         } else {
