@@ -121,6 +121,41 @@ async fn start_attached(
     }
 }
 
+/// The embedded collector storing into `out`, served on a free loopback port.
+async fn collector(
+    out: &std::path::Path,
+) -> (
+    std::sync::Arc<local::collector::Collector>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let collector = local::collector::Collector::open(out, None)
+        .await
+        .expect("collector");
+    let (addr, task) = local::serve(
+        local::collector::router(collector.clone()),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("collector serves");
+    (collector, addr, task)
+}
+
+/// A token alice logs in for at `issuer`, living `ttl_s` seconds (negative: already expired).
+async fn alice_token(issuer: &str, ttl_s: &str) -> String {
+    let form = [
+        ("grant_type", "password"),
+        ("client_id", "tokentrail-app"),
+        ("username", "alice"),
+        ("password", "alice-password"),
+        ("tokentrail_ttl_s", ttl_s),
+    ];
+    let t = local::idp::request_token(issuer, &form)
+        .await
+        .expect("token");
+    secrecy::ExposeSecret::expose_secret(&t).to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_front_doors_under_cargo_lambda() {
     let Some(cl) = cargo_lambda() else { return };
@@ -129,15 +164,7 @@ async fn lambda_front_doors_under_cargo_lambda() {
     let (issuer, _idp) = local::idp::spawn(local::idp::IdpConfig::default_config().expect("cfg"))
         .await
         .expect("idp starts");
-    let collector = local::collector::Collector::open(&out, None)
-        .await
-        .expect("collector");
-    let (caddr, _c) = local::serve(
-        local::collector::router(collector.clone()),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("collector serves");
+    let (collector, caddr, _c) = collector(&out).await;
     // The X-Ray daemon's side of the UDP protocol: what a Lambda with active tracing sends.
     let daemon = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     daemon
@@ -186,24 +213,8 @@ async fn lambda_front_doors_under_cargo_lambda() {
         assert_eq!(seg["name"], span.service.as_str());
     };
     let http = reqwest::Client::new();
-    let login = |ttl: &'static str| {
-        let issuer = issuer.clone();
-        async move {
-            let form = [
-                ("grant_type", "password"),
-                ("client_id", "tokentrail-app"),
-                ("username", "alice"),
-                ("password", "alice-password"),
-                ("tokentrail_ttl_s", ttl),
-            ];
-            let t = local::idp::request_token(&issuer, &form)
-                .await
-                .expect("token");
-            secrecy::ExposeSecret::expose_secret(&t).to_owned()
-        }
-    };
-    let token = login("300").await;
-    let expired = login("-120").await;
+    let token = alice_token(&issuer, "300").await;
+    let expired = alice_token(&issuer, "-120").await;
 
     // --- the interceptor, invoked through Lambda's Invoke API ---
     let f = start_function(&cl, "interceptor", &env, &out.join("interceptor.stdout")).await;
@@ -555,32 +566,13 @@ async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
     let out = support::tempdir("built-zips");
     let env = support::broker_env::BrokerEnv::stand_in().await;
     let issuer = env.idp.clone();
-    let collector = local::collector::Collector::open(&out, None)
-        .await
-        .expect("collector");
-    let (caddr, _c) = local::serve(
-        local::collector::router(collector.clone()),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("collector serves");
+    let (collector, caddr, _c) = collector(&out).await;
     let common = vec![
         ("TOKENTRAIL_ISSUER", issuer.clone()),
         ("TOKENTRAIL_COLLECTOR_ENDPOINT", format!("http://{caddr}")),
         ("AWS_REGION", "us-east-1".to_owned()),
     ];
-    let token = {
-        let form = [
-            ("grant_type", "password"),
-            ("client_id", "tokentrail-app"),
-            ("username", "alice"),
-            ("password", "alice-password"),
-        ];
-        let t = local::idp::request_token(&issuer, &form)
-            .await
-            .expect("token");
-        secrecy::ExposeSecret::expose_secret(&t).to_owned()
-    };
+    let token = alice_token(&issuer, "300").await;
     let http = reqwest::Client::new();
     let start = |hop: &'static str, extra: Vec<(&'static str, String)>| {
         let zip = zips.join(format!("tokentrail-{hop}/bootstrap.zip"));
