@@ -490,16 +490,27 @@ impl Telemetry {
     /// Flush every pending span, waiting at most `bound`. Safe on any Tokio runtime (the
     /// blocking flush runs on the blocking pool, so a current-thread runtime cannot deadlock) and
     /// never waits longer than `bound`, even if an exporter hangs.
+    ///
+    /// Spans and metrics are flushed side by side (each export is its own round trip to the
+    /// collector), so an invocation waits for the slower of the two, not their sum.
     pub async fn flush(&self, bound: Duration) -> FlushOutcome {
         let provider = self.provider.clone();
-        let meters = self.meters.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let metrics = meters.as_ref().map_or(Ok(()), |m| m.force_flush());
-            provider.force_flush().and(metrics)
-        });
-        match tokio::time::timeout(bound, task).await {
-            Ok(Ok(Ok(()))) => FlushOutcome::Flushed,
-            Ok(_) => FlushOutcome::Failed,
+        let spans = tokio::task::spawn_blocking(move || provider.force_flush().is_ok());
+        let metrics = self
+            .meters
+            .clone()
+            .map(|meters| tokio::task::spawn_blocking(move || meters.force_flush().is_ok()));
+        let both = async move {
+            let spans_ok = matches!(spans.await, Ok(true));
+            let metrics_ok = match metrics {
+                Some(task) => matches!(task.await, Ok(true)),
+                None => true,
+            };
+            spans_ok && metrics_ok
+        };
+        match tokio::time::timeout(bound, both).await {
+            Ok(true) => FlushOutcome::Flushed,
+            Ok(false) => FlushOutcome::Failed,
             Err(_) => FlushOutcome::TimedOut,
         }
     }
