@@ -65,6 +65,16 @@ pub struct BrokerFailure {
     pub message: String,
 }
 
+/// The region a Lambda function URL (`https://<id>.lambda-url.<region>.on.aws/...`) lives in:
+/// the broker may run in another region than the interceptor, and its URL's signature must name
+/// the broker's.
+fn signing_region(url: &str) -> Option<&str> {
+    let host = url.split_once("://")?.1.split(['/', ':']).next()?;
+    let rest = host.strip_suffix(".on.aws")?;
+    let (_, region) = rest.split_once(".lambda-url.")?;
+    (!region.is_empty() && !region.contains('.')).then_some(region)
+}
+
 fn failure(reason: FailureReason, message: impl Into<String>) -> BrokerFailure {
     BrokerFailure {
         hop: Hop::Interceptor,
@@ -246,7 +256,7 @@ impl BrokerClient {
             telemetry::xray::sigv4_sign(
                 &mut req,
                 &creds.to_sdk(),
-                &self.settings.region,
+                signing_region(url).unwrap_or(&self.settings.region),
                 service,
                 SystemTime::now(),
             )
@@ -419,6 +429,20 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("test-session")
         );
+    }
+
+    #[test]
+    fn a_function_urls_region_is_the_one_signed_for() {
+        assert_eq!(
+            signing_region("https://abc123.lambda-url.eu-central-1.on.aws/token"),
+            Some("eu-central-1")
+        );
+        assert_eq!(
+            signing_region("https://abc123.lambda-url.us-east-1.on.aws"),
+            Some("us-east-1")
+        );
+        assert_eq!(signing_region("https://broker.example.com/token"), None);
+        assert_eq!(signing_region("http://127.0.0.1:9000/lambda-url/_"), None);
     }
 
     #[tokio::test]
