@@ -95,7 +95,7 @@ impl InterceptorConfig {
                         2000,
                         "time out every call to the broker",
                     )?),
-                    sign_service: opt("TOKENTRAIL_BROKER_SIGV4"),
+                    sign_service: sign_service(opt("TOKENTRAIL_BROKER_SIGV4"))?,
                 })
             }
         };
@@ -126,6 +126,22 @@ impl InterceptorConfig {
     }
 }
 
+/// `TOKENTRAIL_BROKER_SIGV4`: the service an IAM-authenticated broker endpoint checks signatures
+/// for. Anything else would be signed for a service no endpoint checks, and every call refused.
+fn sign_service(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some(s @ ("lambda" | "execute-api")) => Ok(Some(s.to_owned())),
+        Some(other) => Err(ConfigError::Invalid {
+            name: "TOKENTRAIL_BROKER_SIGV4",
+            reason: format!(
+                "`{other}`: expected `lambda` (a function URL with AuthType AWS_IAM) or \
+                 `execute-api` (API Gateway with IAM authorization); unset sends the call unsigned"
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +154,21 @@ mod tests {
         let e = leeway(MAX_LEEWAY_S + 1).expect_err("refused").to_string();
         assert!(e.contains("TOKENTRAIL_LEEWAY_S"), "{e}");
         assert!(e.contains("301 s is more than the 300 s allowed"), "{e}");
+    }
+
+    #[test]
+    fn the_broker_call_is_signed_only_for_an_endpoint_that_checks_signatures() {
+        assert_eq!(sign_service(None).expect("unset"), None);
+        for ok in ["lambda", "execute-api", " lambda "] {
+            assert_eq!(
+                sign_service(Some(ok.into())).expect("accepted").as_deref(),
+                Some(ok.trim())
+            );
+        }
+        let e = sign_service(Some("yes".into()))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("TOKENTRAIL_BROKER_SIGV4"), "{e}");
+        assert!(e.contains("`yes`: expected `lambda`"), "{e}");
     }
 }
