@@ -567,11 +567,58 @@ async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
     let env = support::broker_env::BrokerEnv::stand_in().await;
     let issuer = env.idp.clone();
     let (collector, caddr, _c) = collector(&out).await;
-    let common = vec![
+    let mut common = vec![
         ("TOKENTRAIL_ISSUER", issuer.clone()),
         ("TOKENTRAIL_COLLECTOR_ENDPOINT", format!("http://{caddr}")),
         ("AWS_REGION", "us-east-1".to_owned()),
     ];
+    // The deployment's shared fingerprint key: from Secrets Manager (moto, the real SDK client)
+    // when moto runs, as deploy/workload.json gives it, else in the environment.
+    let moto = std::env::var("TOKENTRAIL_MOTO_ENDPOINT")
+        .ok()
+        .filter(|m| !m.is_empty());
+    let secrets = match &moto {
+        Some(endpoint) => {
+            let config = telemetry::aws_http::config_loader()
+                .region(aws_config::Region::new("us-east-1"))
+                .endpoint_url(endpoint)
+                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                    "testing", "testing", None, None, "moto",
+                ))
+                .load()
+                .await;
+            common.extend([
+                ("AWS_ENDPOINT_URL_SECRETS_MANAGER", endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ]);
+            Some(aws_sdk_secretsmanager::Client::new(&config))
+        }
+        None => None,
+    };
+    let create_secret = |name: &str, value: &str| {
+        let name = format!("{name}-{}-{}", std::process::id(), auth::iam::now_epoch());
+        let value = value.to_owned();
+        let client = secrets.clone();
+        async move {
+            let client = client?;
+            let created = client
+                .create_secret()
+                .name(&name)
+                .secret_string(value)
+                .send()
+                .await
+                .expect("moto creates the secret");
+            Some(created.arn().expect("arn").to_owned())
+        }
+    };
+    match create_secret("tokentrail/fingerprint-key", "the-deployments-shared-key").await {
+        Some(arn) => common.push(("TOKENTRAIL_FINGERPRINT_KEY_ARN", arn)),
+        None => common.push((
+            "TOKENTRAIL_FINGERPRINT_KEY",
+            "the-deployments-shared-key".to_owned(),
+        )),
+    }
     let token = alice_token(&issuer, "300").await;
     let http = reqwest::Client::new();
     let start = |hop: &'static str, extra: Vec<(&'static str, String)>| {
@@ -630,6 +677,22 @@ async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
     assert_eq!(v["reached_as"], "alice", "{v}");
     assert!(spans_of("target") >= 1, "the target's span was flushed");
     drop(f);
+    // Two functions, one key: the same token has the same fingerprint at both.
+    let fingerprint = |service: &str| {
+        telemetry::otlp::read_store(collector.path())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| {
+                s.service == service
+                    && s.attr_str(telemetry::attrs::CREDENTIAL_KIND) == Some("user_jwt")
+            })
+            .and_then(|s| {
+                s.attr_str(telemetry::attrs::CREDENTIAL_FINGERPRINT)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("{service} recorded the user JWT's fingerprint"))
+    };
+    assert_eq!(fingerprint("interceptor"), fingerprint("target"));
 
     // --- agent: a function URL event, calling a stand-in gateway ---
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
@@ -657,35 +720,9 @@ async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
         ("TOKENTRAIL_TOKEN_ENDPOINT", format!("{issuer}/token")),
         ("TOKENTRAIL_AGENT_CLIENT_ID", "tokentrail-agent".to_owned()),
     ];
-    match std::env::var("TOKENTRAIL_MOTO_ENDPOINT") {
-        Ok(moto) if !moto.is_empty() => {
-            let config = telemetry::aws_http::config_loader()
-                .region(aws_config::Region::new("us-east-1"))
-                .endpoint_url(&moto)
-                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                    "testing", "testing", None, None, "moto",
-                ))
-                .load()
-                .await;
-            let name = format!("tokentrail/agent/client-secret-{}", std::process::id());
-            let created = aws_sdk_secretsmanager::Client::new(&config)
-                .create_secret()
-                .name(&name)
-                .secret_string("agent-secret")
-                .send()
-                .await
-                .expect("moto creates the secret");
-            agent_env.extend([
-                (
-                    "TOKENTRAIL_AGENT_CLIENT_SECRET_ARN",
-                    created.arn().expect("arn").to_owned(),
-                ),
-                ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.clone()),
-                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ]);
-        }
-        _ => agent_env.push(("TOKENTRAIL_AGENT_CLIENT_SECRET", "agent-secret".to_owned())),
+    match create_secret("tokentrail/agent/client-secret", "agent-secret").await {
+        Some(arn) => agent_env.push(("TOKENTRAIL_AGENT_CLIENT_SECRET_ARN", arn)),
+        None => agent_env.push(("TOKENTRAIL_AGENT_CLIENT_SECRET", "agent-secret".to_owned())),
     }
     let f = start("agent", agent_env).await;
     let url = format!("http://127.0.0.1:{}/lambda-url/_/invocations", f.port);

@@ -420,7 +420,9 @@ pub async fn run(hop: HopName, port: u16) -> Result<()> {
 /// Run `hop` as a Lambda function.
 pub async fn run_lambda(hop: HopName) -> Result<()> {
     check_pattern()?;
-    let telemetry = telemetry::init(TelemetryConfig::from_env(hop.service()))?;
+    let telemetry = lambda_front::start_telemetry(hop.service())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match hop {
         HopName::Interceptor => {
             let config = interceptor::InterceptorConfig::from_env()?;

@@ -11,13 +11,8 @@ pub enum ConfigError {
     #[error("missing environment variable {0}")]
     Missing(&'static str),
     /// The client secret could not be read from Secrets Manager.
-    #[error("cannot read the agent's client secret {name} from Secrets Manager: {reason}")]
-    Secret {
-        /// The secret's id (`TOKENTRAIL_AGENT_CLIENT_SECRET_ARN`).
-        name: String,
-        /// Why.
-        reason: String,
-    },
+    #[error("the agent's client secret: {0}")]
+    Secret(String),
     /// Both ways of giving the client secret are set.
     #[error(
         "set either TOKENTRAIL_AGENT_CLIENT_SECRET or TOKENTRAIL_AGENT_CLIENT_SECRET_ARN, not both"
@@ -68,27 +63,10 @@ impl AgentConfig {
         if std::env::var("TOKENTRAIL_AGENT_CLIENT_SECRET").is_ok_and(|v| !v.is_empty()) {
             return Err(ConfigError::TwoSecrets);
         }
-        let config = telemetry::aws_http::config_loader().load().await;
-        let out = aws_sdk_secretsmanager::Client::new(&config)
-            .get_secret_value()
-            .secret_id(&arn)
-            .send()
+        let secret = lambda_front::secrets::secret_string(&arn)
             .await
-            .map_err(|e| ConfigError::Secret {
-                name: arn.clone(),
-                reason: aws_sdk_secretsmanager::error::DisplayErrorContext(e.into_service_error())
-                    .to_string(),
-            })?;
-        let secret = out
-            .secret_string
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ConfigError::Secret {
-                name: arn.clone(),
-                reason: "the secret holds no string (put the client secret with `aws \
-                         secretsmanager put-secret-value`)"
-                    .into(),
-            })?;
-        Self::with_secret(SecretString::from(secret))
+            .map_err(|e| ConfigError::Secret(e.to_string()))?;
+        Self::with_secret(secret)
     }
 
     /// From `TOKENTRAIL_*` variables.

@@ -7,9 +7,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_http::Error> {
-    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
-        telemetry::Service::Agent,
-    ))?;
+    let telemetry = lambda_front::start_telemetry(telemetry::Service::Agent).await?;
     let deps = agent::Deps::new(agent::AgentConfig::from_env_and_secrets().await?)?;
     agent::front::run(deps, telemetry).await
 }

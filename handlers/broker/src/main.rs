@@ -6,9 +6,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_http::Error> {
-    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
-        telemetry::Service::Broker,
-    ))?;
+    let telemetry = lambda_front::start_telemetry(telemetry::Service::Broker).await?;
     let (settings, secrets) = broker::config::from_env().await?;
     let broker = std::sync::Arc::new(broker::Broker::new(settings, secrets)?);
     broker::front::run_lambda(broker, telemetry).await

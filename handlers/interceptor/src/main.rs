@@ -6,9 +6,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
-        telemetry::Service::Interceptor,
-    ))?;
+    let telemetry = lambda_front::start_telemetry(telemetry::Service::Interceptor).await?;
     let config = interceptor::InterceptorConfig::from_env()?;
     let deps = Box::pin(interceptor::Deps::from_config(config)).await?;
     interceptor::front::run_lambda(deps, telemetry).await

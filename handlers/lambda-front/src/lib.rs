@@ -36,6 +36,81 @@ pub async fn run_router(
     .await
 }
 
+/// Start the hop's telemetry as its bootstrap does: the fingerprint key first (from Secrets
+/// Manager when `TOKENTRAIL_FINGERPRINT_KEY_ARN` names it, so every hop of a deployment
+/// fingerprints a token alike without the key sitting in any function's configuration), then
+/// the exporters from the standard variables.
+pub async fn start_telemetry(
+    service: telemetry::Service,
+) -> Result<telemetry::Telemetry, lambda_http::Error> {
+    if let Some(arn) = env::opt(FINGERPRINT_KEY_ARN_ENV) {
+        if env::opt(telemetry::fingerprint::KEY_ENV).is_some() {
+            return Err(format!(
+                "set either {} or {FINGERPRINT_KEY_ARN_ENV}, not both",
+                telemetry::fingerprint::KEY_ENV
+            )
+            .into());
+        }
+        let key = secrets::secret_string(&arn)
+            .await
+            .map_err(|e| format!("the fingerprint key ({FINGERPRINT_KEY_ARN_ENV}): {e}"))?;
+        telemetry::fingerprint::install_key(&key);
+    }
+    Ok(telemetry::init(telemetry::TelemetryConfig::from_env(
+        service,
+    ))?)
+}
+
+/// The Secrets Manager secret holding the fingerprint key shared by a deployment's hops.
+pub const FINGERPRINT_KEY_ARN_ENV: &str = "TOKENTRAIL_FINGERPRINT_KEY_ARN";
+
+/// Secrets a hop reads once at start.
+pub mod secrets {
+    use secrecy::SecretString;
+
+    /// Why a secret could not be read.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the secret {id} from Secrets Manager: {reason}")]
+    pub struct SecretError {
+        /// The secret's id.
+        pub id: String,
+        /// Why (never the value).
+        pub reason: String,
+    }
+
+    /// The string of secret `id` (name or ARN), read with the standard AWS configuration
+    /// (`AWS_ENDPOINT_URL_SECRETS_MANAGER` for emulators). An empty secret is an error: it was
+    /// created and never given its value.
+    pub async fn secret_string(id: &str) -> Result<SecretString, SecretError> {
+        let fail = |reason: String| SecretError {
+            id: id.to_owned(),
+            reason,
+        };
+        let config = telemetry::aws_http::config_loader().load().await;
+        let out = aws_sdk_secretsmanager::Client::new(&config)
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e.into_service_error())
+                        .to_string(),
+                )
+            })?;
+        out.secret_string
+            .filter(|s| !s.trim().is_empty())
+            .map(SecretString::from)
+            .ok_or_else(|| {
+                fail(
+                    "the secret holds no string (give it its value with `aws secretsmanager \
+                     put-secret-value`)"
+                        .into(),
+                )
+            })
+    }
+}
+
 /// How a bootstrap ends: an error (at start, or from the runtime) is printed to stderr as
 /// `program: reason: cause…` (what Lambda shows in the function's log), and the process exits
 /// with 1. Returning the error from `main` instead would print its debug form.

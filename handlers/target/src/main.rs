@@ -6,9 +6,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_http::Error> {
-    let telemetry = telemetry::init(telemetry::TelemetryConfig::from_env(
-        telemetry::Service::Target,
-    ))?;
+    let telemetry = lambda_front::start_telemetry(telemetry::Service::Target).await?;
     let deps = target::TargetConfig::from_env()?.deps()?;
     target::front::run_lambda(deps, telemetry).await
 }
