@@ -190,6 +190,14 @@ fn malformed_or_missing_parameters_are_refused_with_the_reason() {
         err.contains("pattern = `both`: must be `passthrough` or `broker`"),
         "{err}"
     );
+    let run = Command::new(bin())
+        .args(["deploy", "--plan", "--params"])
+        .arg(dir.join("nowhere.toml"))
+        .output()
+        .unwrap();
+    let err = failed(&run);
+    assert!(err.contains("no deploy parameters at"), "{err}");
+    assert!(err.contains("cp deploy/params.example.toml"), "{err}");
 }
 
 /// The templates and four stand-in zips, where the templates look for them.

@@ -103,8 +103,17 @@ fn default_pattern() -> String {
 impl Params {
     /// Read and parse `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the deploy parameters {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no deploy parameters at {}: start from the example, `cp \
+                 deploy/params.example.toml {}`, fill in accounts, region and IdP, then run \
+                 `tokentrail deploy --plan`",
+                path.display(),
+                path.display()
+            ),
+            Err(e) => bail!("cannot read the deploy parameters {}: {e}", path.display()),
+        };
         toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "the deploy parameters {} are not valid: {e}",
