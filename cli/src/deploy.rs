@@ -1296,7 +1296,16 @@ pub fn deploy_args(r: &Resolved, stack_name: &str, profile: Option<&str>) -> Vec
         .values
         .iter()
         .filter(|(_, (_, s))| *s != Source::Default)
-        .map(|(k, (v, _))| format!("{k}={v}"))
+        .map(|(k, (v, _))| {
+            // SAM splits overrides on whitespace unless the value is quoted.
+            if v.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+            {
+                format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect();
     if !overrides.is_empty() {
         args.push("--parameter-overrides".into());
@@ -1653,5 +1662,14 @@ mod tests {
             !joined.contains("TargetAudience="),
             "defaults are left to the template"
         );
+        let mut p = params("passthrough");
+        p.workload.parameters.insert(
+            "TargetReadScope".into(),
+            toml::Value::String("orders:read orders:\"all\"".into()),
+        );
+        let r = resolve(&templates(), Stack::Workload, &p, &BTreeMap::new()).expect("w");
+        let args = deploy_args(&r, "s", None);
+        let quoted = String::from("TargetReadScope=\"orders:read orders:\\\"all\\\"\"");
+        assert!(args.contains(&quoted), "{args:?}");
     }
 }
