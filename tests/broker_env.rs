@@ -109,14 +109,7 @@ impl BrokerEnv {
     /// moto at `endpoint`: the secret is created with the real Secrets Manager client under a
     /// name unique to this run.
     pub async fn moto(endpoint: &str) -> Self {
-        let config = telemetry::aws_http::config_loader()
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                "testing", "testing", None, None, "moto",
-            ))
-            .load()
-            .await;
+        let config = crate::moto_config(endpoint).await;
         let secret_id = format!(
             "tokentrail/orders-api/client-{}-{}",
             std::process::id(),

@@ -12,25 +12,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const COMPLETE: &str = r#"
-region = "eu-west-1"
-pattern = "broker"
-[central]
-account_id = "444455556666"
-profile = "central-admin"
-[central.parameters]
-ExternalId = "tokentrail-ext-1"
-IdpTokenEndpoint = "https://idp.example.com/oauth2/token"
-[workload]
-account_id = "111122223333"
-[workload.parameters]
-IdpIssuer = "https://idp.example.com"
-DiscoveryUrl = "https://idp.example.com/.well-known/openid-configuration"
-IdpTokenEndpoint = "https://idp.example.com/oauth2/token"
-GatewayAllowedClients = ["tokentrail-agent"]
-AgentClientId = "tokentrail-agent"
-InterceptorAudiences = "target-api"
-"#;
+const COMPLETE: &str = include_str!("fixtures/deploy-complete.toml");
 
 fn deploy(dir: &Path, params: &str, args: &[&str], templates: &Path, sam: &str) -> Output {
     let path = dir.join("params.toml");

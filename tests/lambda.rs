@@ -579,14 +579,7 @@ async fn the_built_zips_answer_one_real_event_each_under_the_emulator() {
         .filter(|m| !m.is_empty());
     let secrets = match &moto {
         Some(endpoint) => {
-            let config = telemetry::aws_http::config_loader()
-                .region(aws_config::Region::new("us-east-1"))
-                .endpoint_url(endpoint)
-                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                    "testing", "testing", None, None, "moto",
-                ))
-                .load()
-                .await;
+            let config = support::moto_config(endpoint).await;
             common.extend([
                 ("AWS_ENDPOINT_URL_SECRETS_MANAGER", endpoint.clone()),
                 ("AWS_ACCESS_KEY_ID", "testing".to_owned()),

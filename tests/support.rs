@@ -442,6 +442,18 @@ pub const BROKER_SERVICES: [&str; 7] = [
     "target",
 ];
 
+/// The AWS SDK configuration for moto at `endpoint` (its dummy credentials, us-east-1).
+pub async fn moto_config(endpoint: &str) -> aws_config::SdkConfig {
+    telemetry::aws_http::config_loader()
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await
+}
+
 /// A tool the tests need, from its environment variable. `None` means skip, unless
 /// `TOKENTRAIL_REQUIRE_TOOLS=1` (scripts/test.sh), where a missing tool fails the test.
 pub fn tool(var: &str, what: &str) -> Option<String> {

@@ -1364,29 +1364,14 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
     }
 
+    /// The complete parameters the end-to-end tests use too, for `pattern`.
     fn params(pattern: &str) -> Params {
-        toml::from_str(&format!(
-            r#"
-            region = "eu-west-1"
-            pattern = "{pattern}"
-            [central]
-            account_id = "444455556666"
-            [central.parameters]
-            ExternalId = "tokentrail-ext-1"
-            IdpTokenEndpoint = "https://idp.example.com/oauth2/token"
-            [workload]
-            account_id = "111122223333"
-            [workload.parameters]
-            IdpIssuer = "https://idp.example.com"
-            DiscoveryUrl = "https://idp.example.com/.well-known/openid-configuration"
-            IdpTokenEndpoint = "https://idp.example.com/oauth2/token"
-            GatewayAllowedClients = ["tokentrail-agent"]
-            GatewayAllowedAudience = ["gateway"]
-            AgentClientId = "tokentrail-agent"
-            InterceptorAudiences = "target-api"
-            "#
-        ))
-        .expect("params")
+        let mut p = Params::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/deploy-complete.toml"),
+        )
+        .expect("params");
+        p.pattern = pattern.to_owned();
+        p
     }
 
     fn resolved(pattern: &str) -> Vec<Resolved> {
