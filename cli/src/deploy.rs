@@ -202,7 +202,7 @@ pub fn resolve(
         .collect();
     // What one stack needs of the other, so the same value is never typed twice.
     let mut derive = |name: &str, value: Option<String>, from: &str| {
-        if let Some(v) = value.filter(|v| !v.is_empty())
+        if let Some(v) = value.filter(|v| !v.trim().is_empty())
             && !given.contains_key(name)
         {
             given.insert(name.to_owned(), (v, Source::Derived(from.to_owned())));
@@ -212,11 +212,7 @@ pub fn resolve(
         Stack::Central => {
             derive(
                 "WorkloadAccountId",
-                params
-                    .workload
-                    .account_id
-                    .clone()
-                    .filter(|a| !a.trim().is_empty()),
+                params.workload.account_id.clone(),
                 "[workload] account_id",
             );
             for (name, from) in [
@@ -238,11 +234,7 @@ pub fn resolve(
             if params.pattern == "broker" {
                 derive(
                     "CentralAccountId",
-                    params
-                        .central
-                        .account_id
-                        .clone()
-                        .filter(|a| !a.trim().is_empty()),
+                    params.central.account_id.clone(),
                     "[central] account_id",
                 );
                 for (name, from) in [("BrokerExternalId", "ExternalId"), ("BrokerId", "BrokerId")] {
