@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""Instructions a hop executes per request, tracing on and off, counted by valgrind.
+"""Instructions a hop executes per request: untraced, traced by tokentrail, traced the plain way.
 
     scripts/hop-instructions.py [--bin target/profiling/tokentrail] [--requests 100,1100] \
-        [--out tokentrail-out/instructions]
+        [--out tokentrail-out/instructions] [--pipelines tokentrail,plain]
 
 `tokentrail bench` measures the whole chain's throughput and CPU, but on a shared two-core machine
 two identical runs differ by several per cent, so a change worth 2 % cannot be seen in it. This
 script counts instructions instead, which do not move with the machine's load: it starts a local
 stack (`tokentrail up`) for the IdP and the embedded collector, then runs one extra target hop
-under `valgrind --tool=callgrind`, once traced and once with `OTEL_TRACES_SAMPLER=always_off`,
-for each of two request counts, and sends it that many `GET /orders/A-1001` as alice (a user
+under `valgrind --tool=callgrind`, once untraced (`OTEL_TRACES_SAMPLER=always_off`) and once
+per span pipeline (`TOKENTRAIL_SPAN_PIPELINE`): `tokentrail`, the hop span with its provenance,
+every string scrubbed, tokentrail's encoder; `plain`, the same span made the plain way with
+`tracing` + `tracing-opentelemetry` and exported by `opentelemetry-otlp`'s batch exporter, no
+provenance and no scrub; each for two request counts, and sends it that many `GET /orders/A-1001` as alice (a user
 JWT and a sampled `traceparent`, as the gateway sends them). The difference between the two
 counts, divided by the difference in requests, is the cost of one request without the process's
-start and stop. It prints instructions per request on and off, and what tracing adds (one hop
-span: recording, scrubbing, encoding, export), split into the request threads (the main thread
+start and stop. Both pipelines export to the same receiver (the stack's collector), which counts
+the spans of each run's traces: the runs must export the same number, or the script fails. It
+prints instructions per request for each run, and what each pipeline adds per span (recording,
+scrubbing, encoding, export) and its ratio to the plain one, split into the request threads (the main thread
 and the Tokio runtime's workers, which serve the request and record its span) and every other
 thread (the span and metric exporters and their HTTP client). The callgrind files, one per
 thread, stay in --out for `callgrind_annotate` (build with `cargo build --profile profiling` to
@@ -69,12 +74,14 @@ def login(idp):
 
 
 def drive(url, token, n):
-    """n requests on one connection; the number answered 200."""
+    """n requests on one connection: (the number answered 200, the trace ids sent)."""
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     ok = 0
+    traces = set()
     for _ in range(n):
         trace, span = os.urandom(16).hex(), os.urandom(8).hex()
+        traces.add(trace)
         conn.request(
             "GET",
             "/orders/A-1001",
@@ -87,7 +94,34 @@ def drive(url, token, n):
         r.read()
         ok += r.status == 200
     conn.close()
-    return ok
+    return ok, traces
+
+
+def spans_stored(traces_file, traces):
+    """Spans the collector stored (OTLP/JSON lines) whose trace id is one of `traces`."""
+    count = 0
+    try:
+        with open(traces_file) as f:
+            for line in f:
+                for rs in json.loads(line).get("resourceSpans", []):
+                    for ss in rs.get("scopeSpans", []):
+                        count += sum(s.get("traceId") in traces for s in ss.get("spans", []))
+    except FileNotFoundError:
+        pass
+    return count
+
+
+def wait_for_spans(traces_file, traces, limit_s=10):
+    """Spans stored for `traces`, once the count stops growing (the collector writes as the
+    exports arrive; the hop exported what was left when it stopped)."""
+    deadline = time.monotonic() + limit_s
+    last = -1
+    while True:
+        count = spans_stored(traces_file, traces)
+        if count == last or time.monotonic() > deadline:
+            return count
+        last = count
+        time.sleep(0.5)
 
 
 def instructions(path):
@@ -119,8 +153,9 @@ def per_thread(out):
     return serving, others
 
 
-def run_target(args, env, mode, n, token):
-    """Instructions of one target process serving n requests: (request threads, the others)."""
+def run_target(args, env, mode, n, token, traces_file):
+    """One target process serving n requests under callgrind: (instructions of its request
+    threads, of the others, spans the collector stored for the requests' traces)."""
     out = os.path.join(args.out, f"callgrind.{mode}.{n}")
     log = os.path.join(args.out, f"target.{mode}.{n}.out")
     for stale in glob.glob(glob.escape(out)) + glob.glob(f"{glob.escape(out)}-*"):
@@ -128,6 +163,8 @@ def run_target(args, env, mode, n, token):
     hop_env = dict(env)
     if mode == "off":
         hop_env["OTEL_TRACES_SAMPLER"] = "always_off"
+    else:
+        hop_env["TOKENTRAIL_SPAN_PIPELINE"] = mode
     with open(log, "w") as stdout:
         proc = subprocess.Popen(
             [
@@ -146,14 +183,14 @@ def run_target(args, env, mode, n, token):
         )
     try:
         url = wait_for_line(log, "READY ", proc, 120).split()[2]
-        ok = drive(url, token, n)
+        ok, traces = drive(url, token, n)
         if ok != n:
             sys.exit(f"the target answered 200 to {ok} of {n} requests")
         time.sleep(1)  # one more export interval
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    return per_thread(out)
+    return (*per_thread(out), wait_for_spans(traces_file, traces))
 
 
 def main():
@@ -161,7 +198,15 @@ def main():
     p.add_argument("--bin", default="target/profiling/tokentrail")
     p.add_argument("--requests", default="100,1100", help="two request counts, e.g. 100,1100")
     p.add_argument("--out", default="tokentrail-out/instructions")
+    p.add_argument(
+        "--pipelines",
+        default="tokentrail,plain",
+        help="span pipelines to measure against the untraced run: tokentrail, plain or both",
+    )
     args = p.parse_args()
+    pipelines = [m.strip() for m in args.pipelines.split(",") if m.strip()]
+    if not pipelines or any(m not in ("tokentrail", "plain") for m in pipelines):
+        sys.exit(f"--pipelines takes tokentrail, plain or both, not {args.pipelines!r}")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     if not os.access(args.bin, os.X_OK):
@@ -201,20 +246,54 @@ def main():
             }
         )
         token = login(idp)
-        per_request = {}
-        for mode in ("on", "off"):
+        traces_file = os.path.join(stack_out, "traces.jsonl")
+        per_request, spans = {}, {}
+        for mode in ("off", *pipelines):
             counts = {}
             for n in (small, large):
-                counts[n] = run_target(args, env, mode, n, token)
-                print(f"tracing {mode:3} {n:6} requests: {sum(counts[n]):,} instructions", flush=True)
+                counts[n] = run_target(args, env, mode, n, token, traces_file)
+                serving, others, stored = counts[n]
+                print(
+                    f"{mode:10} {n:6} requests: {serving + others:,} instructions, "
+                    f"{stored} spans stored",
+                    flush=True,
+                )
             per_request[mode] = [
                 (counts[large][i] - counts[small][i]) / (large - small) for i in (0, 1)
             ]
-        on, off = sum(per_request["on"]), sum(per_request["off"])
-        print(f"per request: on {on:,.0f}, off {off:,.0f}, tracing adds {on - off:,.0f} ({(on - off) / off:+.1%})")
-        for i, where in enumerate(("request threads", "other threads (exporters)")):
-            t_on, t_off = per_request["on"][i], per_request["off"][i]
-            print(f"  {where:26}: on {t_on:,.0f}, off {t_off:,.0f}, tracing adds {t_on - t_off:,.0f}")
+            spans[mode] = (counts[small][2], counts[large][2])
+        if spans["off"] != (0, 0):
+            sys.exit(f"the untraced runs exported spans: {spans['off']}")
+        for mode in pipelines:
+            if spans[mode] != spans[pipelines[0]] or 0 in spans[mode]:
+                sys.exit(
+                    "the pipelines did not export the same spans: "
+                    + ", ".join(f"{m} {spans[m][0]} and {spans[m][1]}" for m in pipelines)
+                )
+        per_span = (spans[pipelines[0]][1] - spans[pipelines[0]][0]) / (large - small)
+        off = per_request["off"]
+        print(
+            f"\nper request ({large - small} requests; spans per request at the receiver: "
+            f"{per_span:g}; the same for every pipeline)"
+        )
+        print(f"{'':12}{'request threads':>18}{'export threads':>18}{'all':>12}")
+        print(f"{'untraced':12}{off[0]:>18,.0f}{off[1]:>18,.0f}{sum(off):>12,.0f}")
+        adds = {}
+        for mode in pipelines:
+            on = per_request[mode]
+            adds[mode] = [(on[i] - off[i]) / per_span for i in (0, 1)]
+            print(f"{mode:12}{on[0]:>18,.0f}{on[1]:>18,.0f}{sum(on):>12,.0f}")
+        print("\nwhat tracing adds per span")
+        print(f"{'':12}{'request threads':>18}{'export threads':>18}{'all':>12}{'of untraced':>13}")
+        for mode in pipelines:
+            a = adds[mode]
+            print(
+                f"{mode:12}{a[0]:>18,.0f}{a[1]:>18,.0f}{sum(a):>12,.0f}"
+                f"{sum(a) * per_span / sum(off):>+13.1%}"
+            )
+        if "plain" in adds and "tokentrail" in adds:
+            ratio = sum(adds["tokentrail"]) / sum(adds["plain"])
+            print(f"tokentrail / plain: {ratio:.2f}")
         print(f"callgrind files: {args.out}/callgrind.*")
     finally:
         up.send_signal(signal.SIGINT)

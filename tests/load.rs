@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::io::BufRead as _;
 
 use serde_json::Value;
 
@@ -387,6 +388,52 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
         serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
     assert_eq!(doc["traced"], "send", "{doc}");
     assert!(doc["cpu_us_per_request"]["app + receiver"]["on"].is_number());
+
+    // The receiver in a process of its own (`tokentrail receive`, to pin it to a core): the
+    // bench reads what this run sent it from its counters, and it says what it was sent when
+    // it stops.
+    let mut receiver = std::process::Command::new(support::bin())
+        .args(["receive"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("receive starts");
+    let mut lines = std::io::BufReader::new(receiver.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().expect("a line").expect("readable");
+    let url = ready
+        .strip_prefix("READY receiver ")
+        .expect("READY line")
+        .to_owned();
+    let stdout = small_bench(&["--traced", "send", "--receiver", &url]);
+    let kept_none = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("the receiver kept none of the "))
+        .expect("what the receiver was sent");
+    let exports: u64 = kept_none
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(exports > 0, "{stdout}");
+    let killed = std::process::Command::new("kill")
+        .arg(receiver.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    assert!(receiver.wait().expect("receive stops").success());
+    let last = lines.next().expect("a last line").expect("readable");
+    assert!(
+        last.starts_with(&format!("received {exports} trace exports")),
+        "{last}"
+    );
+    let err = support::failed(
+        &std::process::Command::new(support::bin())
+            .args(["bench", "--receiver", &url, "--out"])
+            .arg(&out)
+            .output()
+            .expect("tokentrail runs"),
+    );
+    assert!(err.contains("add `--traced send`"), "{err}");
+
     let stdout = small_bench(&["--traced", "record"]);
     assert!(
         stdout.contains("(spans recorded, none exported) / off") && !stdout.contains("receiver"),

@@ -3,7 +3,7 @@
 //! with the right reason, and cached keys keep working while the IdP is down.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use telemetry::attrs;
@@ -192,16 +192,26 @@ async fn counting_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
 }
 
 /// One hop (`tokentrail serve target`) answering one traced request and stopping, exporting to
-/// `collector`, with `env` set (`OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED` and the sampler
-/// unset unless given). The paths the collector saw.
+/// a stand-in collector, with `env` set (`OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED` and the
+/// sampler unset unless given). The paths the collector saw.
 async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
+    let (collector, seen) = counting_collector().await;
+    target_answers_one_request(&collector, env).await;
+    seen.lock().unwrap().clone()
+}
+
+/// The trace of [`target_answers_one_request`]'s request.
+const ONE_TRACE: &str = "6b0b0c00aaaabbbbccccddddeeeeffff";
+
+/// `tokentrail serve target` exporting to `collector`, with `env` set, answering one request in
+/// trace [`ONE_TRACE`] (no token: 401) and stopping.
+async fn target_answers_one_request(collector: &str, env: &[(&str, &str)]) {
     use std::process::Stdio;
     use tokio::io::AsyncBufReadExt;
-    let (collector, seen) = counting_collector().await;
     let mut cmd = tokio::process::Command::new(support::bin());
     cmd.args(["serve", "target"])
         .env("TOKENTRAIL_ISSUER", "http://127.0.0.1:9")
-        .env("TOKENTRAIL_COLLECTOR_ENDPOINT", &collector)
+        .env("TOKENTRAIL_COLLECTOR_ENDPOINT", collector)
         .env("TOKENTRAIL_STOP_ON_STDIN_EOF", "1")
         .env("TOKENTRAIL_LOG", "off")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -225,10 +235,7 @@ async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
     };
     let resp = reqwest::Client::new()
         .get(format!("{url}/orders"))
-        .header(
-            "traceparent",
-            "00-6b0b0c00aaaabbbbccccddddeeeeffff-1111222233334444-01",
-        )
+        .header("traceparent", format!("00-{ONE_TRACE}-1111222233334444-01"))
         .send()
         .await
         .expect("call");
@@ -240,7 +247,66 @@ async fn one_traced_request(env: &[(&str, &str)]) -> Vec<String> {
         .expect("the hop stops")
         .expect("exit status");
     assert!(status.success(), "{status}");
-    seen.lock().unwrap().clone()
+}
+
+/// `TOKENTRAIL_SPAN_PIPELINE=plain`, the baseline `scripts/hop-instructions.py` measures against:
+/// the hop's span comes through `tracing-opentelemetry` and `opentelemetry-otlp` with the same
+/// name, kind, parent and status as tokentrail's own and its semantic attributes, without any of
+/// tokentrail's; a value the hop does not know stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_span_pipeline_exports_the_same_span_without_provenance() {
+    let dir = support::tempdir("plain-pipeline");
+    let mut stored = BTreeMap::new();
+    for pipeline in ["tokentrail", "plain"] {
+        let out = dir.join(pipeline);
+        let collector = local::collector::Collector::open(&out, None)
+            .await
+            .expect("collector opens");
+        let (addr, _task) = local::serve(
+            local::collector::router(collector),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        .expect("collector serves");
+        target_answers_one_request(
+            &format!("http://{addr}"),
+            &[("TOKENTRAIL_SPAN_PIPELINE", pipeline)],
+        )
+        .await;
+        let spans = support::traces(&out).remove(ONE_TRACE).unwrap_or_default();
+        stored.insert(pipeline, spans);
+    }
+    let ([ours], [plain]) = (&stored["tokentrail"][..], &stored["plain"][..]) else {
+        panic!("one span each: {stored:#?}");
+    };
+    let shape = |s: &telemetry::otlp::StoredSpan| {
+        (
+            s.name.clone(),
+            s.kind.clone(),
+            s.parent_span_id.clone(),
+            s.status.clone(),
+            s.attributes.get("error.type").cloned(),
+        )
+    };
+    assert_eq!(shape(plain), shape(ours));
+    assert_eq!(ours.parent_span_id, "1111222233334444");
+    assert!(
+        ours.attributes.contains_key("tokentrail.hop.name"),
+        "{ours:#?}"
+    );
+    let own: Vec<&String> = plain
+        .attributes
+        .keys()
+        .filter(|k| k.starts_with("tokentrail."))
+        .collect();
+    assert!(own.is_empty(), "the plain span recorded {own:?}");
+
+    let stderr = refused(&["serve", "target"], "TOKENTRAIL_SPAN_PIPELINE", "fancy");
+    assert!(
+        stderr.contains("TOKENTRAIL_SPAN_PIPELINE: use `tokentrail`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The CLI run with `var=value`, expected to fail: its standard error. A hop that starts anyway

@@ -406,7 +406,16 @@ pub async fn run(
     rounds: usize,
     calibrate: bool,
     traced: Option<Traced>,
+    receiver_url: Option<&str>,
 ) -> Result<ExitCode> {
+    if let Some(url) = receiver_url
+        && (calibrate || traced != Some(Traced::Send))
+    {
+        bail!(
+            "--receiver {url} is where `--traced send` sends the traced stack's spans: add \
+             `--traced send` (and leave --calibrate out)"
+        );
+    }
     if calibrate && let Some(t) = traced {
         bail!(
             "--calibrate runs both stacks untraced, so `--traced {}` has nothing to apply to: \
@@ -453,18 +462,30 @@ pub async fn run(
         match traced {
             Traced::Store => {}
             Traced::Send => {
-                let sink = std::sync::Arc::new(local::collector::Discard::default());
-                let (addr, task) = local::serve(
-                    local::collector::discard_router(sink.clone()),
-                    ([127, 0, 0, 1], 0).into(),
-                )
-                .await
-                .context("cannot start the receiver that keeps no span")?;
-                let url = format!("http://{addr}");
+                let url = match receiver_url {
+                    Some(url) => {
+                        let url = url.trim_end_matches('/').to_owned();
+                        receiver = Some(Receiver::Process {
+                            before: ReceiverStats::read(&url).await?,
+                            url: url.clone(),
+                        });
+                        url
+                    }
+                    None => {
+                        let sink = std::sync::Arc::new(local::collector::Discard::default());
+                        let (addr, task) = local::serve(
+                            local::collector::discard_router(sink.clone()),
+                            ([127, 0, 0, 1], 0).into(),
+                        )
+                        .await
+                        .context("cannot start the receiver that keeps no span")?;
+                        receiver = Some(Receiver::InProcess(sink, task));
+                        format!("http://{addr}")
+                    }
+                };
                 on_opts
                     .extra_env
                     .push((telemetry::COLLECTOR_ENV.into(), url.clone()));
-                receiver = Some((sink, task));
                 app_export = Some(Some(url));
             }
             Traced::Record => {
@@ -549,10 +570,10 @@ pub async fn run(
     let pairs = round_ratios(&round_times[0], &round_times[1]);
     println!("{}: {ratio:.3}{}", modes.ratio, spread(&pairs));
     let cpu_us = cpu_report(&cpu, [lat[0].len(), lat[1].len()], modes);
-    if let Some((sink, task)) = &receiver {
-        task.abort();
+    if let Some(receiver) = receiver {
+        let sent = receiver.sent().await?;
         // A run whose spans never left the hops would measure recording, not sending.
-        if sink.trace_exports() == 0 {
+        if sent.trace_exports == 0 {
             bail!(
                 "the receiver that keeps no span was sent none: the traced stack did not export, \
                  so this run measured nothing of sending"
@@ -561,8 +582,8 @@ pub async fn run(
         println!(
             "the receiver kept none of the {} trace exports ({:.1} MB of OTLP/HTTP protobuf) it \
              was sent",
-            sink.trace_exports(),
-            sink.trace_bytes() as f64 / 1e6
+            sent.trace_exports,
+            sent.trace_bytes as f64 / 1e6
         );
     }
     let path = out.join("bench.json");
@@ -592,6 +613,92 @@ pub async fn run(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `--traced send` sends the traced stack's spans.
+enum Receiver {
+    /// In this process (sharing its cores with the app).
+    InProcess(
+        std::sync::Arc<local::collector::Discard>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    /// `tokentrail receive` (`--receiver`), e.g. pinned to a core of its own; `before` is what
+    /// it had been sent when this run started.
+    Process { url: String, before: ReceiverStats },
+}
+
+impl Receiver {
+    /// What this run sent it.
+    async fn sent(self) -> Result<ReceiverStats> {
+        match self {
+            Receiver::InProcess(sink, task) => {
+                task.abort();
+                Ok(ReceiverStats {
+                    trace_exports: sink.trace_exports(),
+                    trace_bytes: sink.trace_bytes(),
+                })
+            }
+            Receiver::Process { url, before } => {
+                let now = ReceiverStats::read(&url).await?;
+                Ok(ReceiverStats {
+                    trace_exports: now.trace_exports.saturating_sub(before.trace_exports),
+                    trace_bytes: now.trace_bytes.saturating_sub(before.trace_bytes),
+                })
+            }
+        }
+    }
+}
+
+/// A receiver's counters (`GET /stats` of `tokentrail receive`).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct ReceiverStats {
+    trace_exports: u64,
+    trace_bytes: u64,
+}
+
+impl ReceiverStats {
+    async fn read(url: &str) -> Result<Self> {
+        let stats = format!("{url}{}", local::collector::DISCARD_STATS_PATH);
+        let reply = reqwest::Client::new()
+            .get(&stats)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| {
+                format!("--receiver: cannot reach {stats}; is `tokentrail receive` running there?")
+            })?;
+        if !reply.status().is_success() {
+            bail!(
+                "--receiver: {stats} answered {}: not a `tokentrail receive` receiver",
+                reply.status()
+            );
+        }
+        reply
+            .json()
+            .await
+            .with_context(|| format!("--receiver: {stats} did not answer with its counters"))
+    }
+}
+
+/// `tokentrail receive`: an OTLP/HTTP receiver that answers like the collector and keeps
+/// nothing, in a process of its own (so `taskset` can give it a core the chain does not use).
+pub async fn receive(port: u16) -> Result<ExitCode> {
+    let sink = std::sync::Arc::new(local::collector::Discard::default());
+    let (addr, task) = local::serve(
+        local::collector::discard_router(sink.clone()),
+        ([127, 0, 0, 1], port).into(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    println!("READY receiver http://{addr}");
+    crate::serve::interrupt_or_terminate().await;
+    task.abort();
+    println!(
+        "received {} trace exports ({:.1} MB of OTLP/HTTP protobuf) and kept none",
+        sink.trace_exports(),
+        sink.trace_bytes() as f64 / 1e6
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -121,6 +121,17 @@ pub enum Command {
         /// What the traced stack does with its spans, to split tracing's cost [default: store]
         #[arg(long, value_enum)]
         traced: Option<bench::Traced>,
+        /// With `--traced send`: send the spans to this `tokentrail receive` (e.g. one pinned to
+        /// a core of its own with taskset) instead of a receiver inside this process.
+        #[arg(long, value_name = "URL")]
+        receiver: Option<String>,
+    },
+    /// An OTLP/HTTP receiver that answers like the collector and keeps nothing (for `bench
+    /// --traced send --receiver`); prints `READY receiver <url>` and its counts at Ctrl-C.
+    Receive {
+        /// Port to listen on (0 = any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// Start the stack, send a scripted mix of good and bad requests, print what happened.
     Demo {
@@ -463,7 +474,20 @@ pub fn main() -> ExitCode {
                 rounds,
                 calibrate,
                 traced,
-            } => bench::run(&out, requests, concurrency, rounds, calibrate, traced).await,
+                receiver,
+            } => {
+                bench::run(
+                    &out,
+                    requests,
+                    concurrency,
+                    rounds,
+                    calibrate,
+                    traced,
+                    receiver.as_deref(),
+                )
+                .await
+            }
+            Command::Receive { port } => bench::receive(port).await,
         }
     });
     match result {

@@ -386,8 +386,19 @@ pub fn discard_router(sink: Arc<Discard>) -> Router {
             Err(refused) => refused.into_response(),
         }
     }
+    async fn stats(State(sink): State<Arc<Discard>>) -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({
+            "trace_exports": sink.trace_exports(),
+            "trace_bytes": sink.trace_bytes(),
+        }))
+    }
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
+        .route(DISCARD_STATS_PATH, axum::routing::get(stats))
         .with_state(sink)
 }
+
+/// Where a receiver that keeps nothing says what it was sent:
+/// `{"trace_exports": N, "trace_bytes": B}`.
+pub const DISCARD_STATS_PATH: &str = "/stats";

@@ -5,6 +5,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The prefix of every attribute of tokentrail's own (the rest are OpenTelemetry semantic
+/// conventions).
+pub const NAMESPACE: &str = "tokentrail.";
 /// `tokentrail.pattern`: which propagation pattern served the request.
 pub const PATTERN: &str = "tokentrail.pattern";
 /// `tokentrail.hop.name`: the hop, from [`Hop`].

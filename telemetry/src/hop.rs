@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value, global};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::attrs::{self, FailureReason, Hop, Outcome, Pattern};
 use crate::propagation::TraceContext;
@@ -121,6 +122,10 @@ pub struct Span {
     cx: Context,
     /// For a hop span: what its metrics record when it ends.
     metric: Option<crate::metrics::HopMetric>,
+    /// Under the plain pipeline ([`crate::init::SPAN_PIPELINE_ENV`]): the `tracing` span that
+    /// `tracing-opentelemetry` makes this span of. It records the span's name, kind, parent and
+    /// status and the OpenTelemetry semantic attributes, and none of tokentrail's provenance.
+    plain: Option<tracing::Span>,
 }
 
 /// A hop span is a [`Span`] opened with [`Span::hop`].
@@ -134,6 +139,15 @@ impl Span {
         } else {
             Role::Server
         };
+        let cold_start = lambda_cold_start();
+        if crate::init::plain_spans() {
+            let mut span = Self::open_plain(Cow::Borrowed(hop.as_str()), role, parent);
+            if let (Some(cold), Some(plain)) = (cold_start, &span.plain) {
+                plain.set_attribute(attrs::semconv::FAAS_COLDSTART, cold);
+            }
+            span.metric = Some(crate::metrics::HopMetric::start(hop, pattern, cold_start));
+            return span;
+        }
         // The span keeps this vector for every attribute set later: room for the contract's
         // attributes up front saves the regrowth as the hop adds them.
         let mut attributes = Vec::with_capacity(HOP_ATTRIBUTES);
@@ -142,7 +156,6 @@ impl Span {
             KeyValue::new(attrs::HOP_NAME, hop.as_str()),
             KeyValue::new(attrs::HOP_INDEX, hop.index()),
         ]);
-        let cold_start = lambda_cold_start();
         if let Some(cold) = cold_start {
             attributes.push(KeyValue::new(attrs::semconv::FAAS_COLDSTART, cold));
         }
@@ -163,7 +176,29 @@ impl Span {
 
     /// Open a plain span (an outgoing call, or internal work) under `parent`.
     pub fn child(name: &'static str, role: Role, parent: &TraceContext) -> Self {
+        if crate::init::plain_spans() {
+            return Self::open_plain(Cow::Borrowed(name), role, parent);
+        }
         Self::open(Cow::Borrowed(name), role, parent, Vec::new())
+    }
+
+    /// The plain pipeline's span: a `tracing` span under `parent`, named and kinded through the
+    /// fields `tracing-opentelemetry` reads.
+    fn open_plain(name: Cow<'static, str>, role: Role, parent: &TraceContext) -> Self {
+        let kind = match role {
+            Role::Server => "server",
+            Role::Client => "client",
+            Role::Internal => "internal",
+        };
+        let span =
+            tracing::info_span!(target: "tokentrail", "span", otel.name = %name, otel.kind = kind);
+        // Refused only for a span already started, which this one is not.
+        let _ = span.set_parent(parent.0.clone());
+        Self {
+            cx: span.context(),
+            metric: None,
+            plain: Some(span),
+        }
     }
 
     fn open(
@@ -181,6 +216,7 @@ impl Span {
         Self {
             cx: parent.0.with_span(span),
             metric: None,
+            plain: None,
         }
     }
 
@@ -201,6 +237,12 @@ impl Span {
 
     /// Set any attribute (names come from [`crate::attrs`]).
     pub fn attr(&self, key: &'static str, value: impl Into<AttrValue>) {
+        if let Some(plain) = &self.plain {
+            if !key.starts_with(attrs::NAMESPACE) {
+                plain.set_attribute(key, Value::from(value.into()));
+            }
+            return;
+        }
         self.cx
             .span()
             .set_attribute(KeyValue::new(key, Value::from(value.into())));
@@ -208,11 +250,17 @@ impl Span {
 
     /// Where the credential travelled, e.g. `header:x-custom-usertoken`.
     pub fn carrier(&self, carrier: &str) {
+        if self.plain.is_some() {
+            return;
+        }
         self.attr(attrs::HOP_CARRIER, carrier.to_ascii_lowercase());
     }
 
     /// Record the redacted provenance of the credential this hop saw.
     pub fn credential(&self, p: &CredentialProvenance) {
+        if self.plain.is_some() {
+            return;
+        }
         let span = self.cx.span();
         let mut kv = vec![
             KeyValue::new(attrs::CREDENTIAL_KIND, p.kind.as_str()),
@@ -258,6 +306,9 @@ impl Span {
     /// Record the identity that reached the target (its pseudonym when subjects are
     /// pseudonymised, as `tokentrail.credential.subject` is).
     pub fn enduser(&self, id: &str) {
+        if self.plain.is_some() {
+            return;
+        }
         self.attr(
             attrs::ENDUSER_ID,
             crate::provenance::recorded_subject(id).as_ref(),
@@ -266,9 +317,13 @@ impl Span {
 
     /// The hop let the request through.
     pub fn ok(&mut self) {
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
-        span.set_status(Status::Ok);
+        if let Some(plain) = &self.plain {
+            plain.set_status(Status::Ok);
+        } else {
+            let span = self.cx.span();
+            span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
+            span.set_status(Status::Ok);
+        }
         if let Some(m) = &mut self.metric {
             m.outcome = Some(Outcome::Ok);
             m.reason = None;
@@ -278,6 +333,19 @@ impl Span {
     /// The hop stopped the request (or failed) for `reason`.
     pub fn reject(&mut self, reason: FailureReason) {
         let outcome = reason.outcome();
+        if let Some(plain) = &self.plain {
+            plain.set_attribute(attrs::semconv::ERROR_TYPE, reason.as_str());
+            plain.set_status(Status::error(reason.describe()));
+        } else {
+            self.record_reject(reason, outcome);
+        }
+        if let Some(m) = &mut self.metric {
+            m.outcome = Some(outcome);
+            m.reason = Some(reason);
+        }
+    }
+
+    fn record_reject(&self, reason: FailureReason, outcome: Outcome) {
         let span = self.cx.span();
         span.set_attributes([
             KeyValue::new(attrs::HOP_OUTCOME, outcome.as_str()),
@@ -289,22 +357,24 @@ impl Span {
             vec![KeyValue::new(attrs::FAILURE_REASON, reason.as_str())],
         );
         span.set_status(Status::error(reason.describe()));
-        if let Some(m) = &mut self.metric {
-            m.outcome = Some(outcome);
-            m.reason = Some(reason);
-        }
     }
 
     /// This hop passed the request on, and a later hop stopped it for `reason`. The hop's own
     /// outcome stays `ok` (only the stopping hop is `rejected`); the span is marked as an error so
     /// trace views show the failed path.
     pub fn downstream_failed(&mut self, reason: FailureReason) {
-        let span = self.cx.span();
-        span.set_attributes([
-            KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()),
-            KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
-        ]);
-        span.set_status(Status::error(format!("stopped downstream: {reason}")));
+        let status = Status::error(format!("stopped downstream: {reason}"));
+        if let Some(plain) = &self.plain {
+            plain.set_attribute(attrs::semconv::ERROR_TYPE, reason.as_str());
+            plain.set_status(status);
+        } else {
+            let span = self.cx.span();
+            span.set_attributes([
+                KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()),
+                KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
+            ]);
+            span.set_status(status);
+        }
         if let Some(m) = &mut self.metric {
             m.outcome = Some(Outcome::Ok);
             m.reason = None;
@@ -313,6 +383,11 @@ impl Span {
 
     /// Mark a client call as failed without hop semantics (status + `error.type`).
     pub fn fail(&self, error_type: &str) {
+        if let Some(plain) = &self.plain {
+            plain.set_attribute(attrs::semconv::ERROR_TYPE, error_type.to_owned());
+            plain.set_status(Status::error(error_type.to_owned()));
+            return;
+        }
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(
             attrs::semconv::ERROR_TYPE,
@@ -330,7 +405,10 @@ impl Span {
 impl Drop for Span {
     fn drop(&mut self) {
         let span = self.cx.span();
-        span.end();
+        // A plain span ends when its `tracing` span closes, as its layer ends it.
+        if self.plain.take().is_none() {
+            span.end();
+        }
         if let Some(m) = &self.metric {
             let trace_id = span.span_context().trace_id();
             m.record(|| crate::propagation::xray_trace_id(&trace_id.to_string()));

@@ -30,6 +30,13 @@ pub const XRAY_ENV: &str = "TOKENTRAIL_XRAY";
 pub const XRAY_OTLP_ENDPOINT_ENV: &str = "TOKENTRAIL_XRAY_OTLP_ENDPOINT";
 /// Log output: `json` (default, to stderr), `off`.
 pub const LOG_ENV: &str = "TOKENTRAIL_LOG";
+/// Which span pipeline the process runs: `tokentrail` (the default: hop spans with their
+/// provenance, every string scrubbed, tokentrail's own OTLP encoder) or `plain`, the baseline
+/// `scripts/hop-instructions.py` measures against: the same spans (name, kind, parent, status,
+/// the OpenTelemetry semantic attributes) made through `tracing` and `tracing-opentelemetry`,
+/// exported by `opentelemetry-otlp`'s batch exporter to the same endpoints, no provenance
+/// recorded and nothing scrubbed (no attribute that could hold a credential is recorded in it).
+pub const SPAN_PIPELINE_ENV: &str = "TOKENTRAIL_SPAN_PIPELINE";
 /// The standard trace exporter selection: `otlp` (default: the embedded collector and
 /// `OTEL_EXPORTER_OTLP_*`) or `none`. X-Ray export, asked for by name in [`XRAY_ENV`], is not
 /// affected.
@@ -306,6 +313,26 @@ pub fn sdk_disabled(value: Option<&str>) -> Result<bool, TelemetryError> {
     }
 }
 
+/// The [`SPAN_PIPELINE_ENV`] value: `Ok(true)` for `plain`, `Ok(false)` for `tokentrail` or
+/// unset; anything else is refused.
+pub fn plain_pipeline(value: Option<&str>) -> Result<bool, TelemetryError> {
+    match value.map(str::trim).unwrap_or_default() {
+        "" | "tokentrail" => Ok(false),
+        "plain" => Ok(true),
+        _ => Err(TelemetryError::Setting {
+            var: SPAN_PIPELINE_ENV,
+            reason: "use `tokentrail` (the default) or `plain` (the benchmark baseline)".into(),
+        }),
+    }
+}
+
+/// Whether this process runs the plain span pipeline ([`SPAN_PIPELINE_ENV`]), as [`init`] set it.
+pub(crate) fn plain_spans() -> bool {
+    PLAIN_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static PLAIN_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// [`sdk_disabled`] as the environment sets it.
 pub fn sdk_disabled_from_env() -> Result<bool, TelemetryError> {
     sdk_disabled(std::env::var(SDK_DISABLED_ENV).ok().as_deref())
@@ -450,6 +477,26 @@ fn resource(service: Service) -> Resource {
 
 /// Every exporter sits behind the redacting wrapper. Each export is bounded by the exporter's own
 /// timeout (`export_timeout`, or `OTEL_EXPORTER_OTLP_TIMEOUT`).
+/// The plain pipeline's exporter ([`SPAN_PIPELINE_ENV`]): `opentelemetry-otlp`'s own OTLP/HTTP
+/// protobuf exporter in the SDK's batch processor, with no redaction in front, to `endpoint` (or
+/// where the standard variables say, when `None`).
+fn plain_batch(
+    endpoint: Option<String>,
+    timeout: Duration,
+) -> Result<BatchSpanProcessor, TelemetryError> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary);
+    if let Some(endpoint) = endpoint {
+        exporter = exporter.with_endpoint(endpoint).with_timeout(timeout);
+    }
+    let exporter = exporter.build().map_err(|e| TelemetryError::Exporter {
+        which: "otlp-http (plain)",
+        reason: e.to_string(),
+    })?;
+    Ok(BatchSpanProcessor::builder(exporter).build())
+}
+
 fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
     BatchSpanProcessor::builder(RedactingExporter(exporter)).build()
 }
@@ -558,14 +605,22 @@ fn build_provider(
         .with_resource(resource(cfg.service))
         .with_id_generator(crate::idgen::XrayCompatibleIdGenerator);
     let mut exporters = Vec::new();
+    let plain = plain_spans();
     if let Some(base) = &cfg.collector_endpoint {
         let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
-        builder =
-            builder.with_span_processor(batch(build_otlp_http(endpoint, cfg.export_timeout)?));
+        builder = if plain {
+            builder.with_span_processor(plain_batch(Some(endpoint), cfg.export_timeout)?)
+        } else {
+            builder.with_span_processor(batch(build_otlp_http(endpoint, cfg.export_timeout)?))
+        };
         exporters.push("collector");
     }
     if cfg.otlp_from_env && otlp_env_endpoint().is_some() {
         match otlp_env_protocol().as_str() {
+            "http/protobuf" if plain => {
+                builder = builder.with_span_processor(plain_batch(None, cfg.export_timeout)?);
+                exporters.push("otlp-http");
+            }
             "http/protobuf" => {
                 // No explicit endpoint: the exporter resolves the OTEL_* variables itself
                 // (per-signal endpoint verbatim, generic endpoint + /v1/traces).
@@ -801,6 +856,8 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // span is its parent's context, so the trace passes through unchanged), logs as usual.
     let disabled = sdk_disabled_from_env()?;
     standard_vars_check_from_env()?;
+    let plain = plain_pipeline(std::env::var(SPAN_PIPELINE_ENV).ok().as_deref())? && !disabled;
+    PLAIN_SPANS.store(plain, std::sync::atomic::Ordering::Relaxed);
     // `OTEL_<SIGNAL>_EXPORTER=none` turns a signal's collector and OTLP exporters off.
     let signal = |on: bool| TelemetryConfig {
         collector_endpoint: cfg.collector_endpoint.clone().filter(|_| on && !disabled),
@@ -870,6 +927,12 @@ pub fn init(cfg: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .try_init();
     if let Some(why) = not_understood {
         tracing::warn!("{why}");
+    }
+    if plain {
+        tracing::warn!(
+            "{SPAN_PIPELINE_ENV}=plain: the benchmark baseline; spans carry no provenance and are \
+             exported by opentelemetry-otlp without tokentrail's scrub"
+        );
     }
     if disabled {
         tracing::info!(

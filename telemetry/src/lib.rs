@@ -39,11 +39,12 @@ pub use attrs::{CredentialKind, FailureReason, Hop, Outcome, Pattern, Service};
 pub use hop::{AttrValue, HopSpan, Role, Span};
 pub use init::{
     COLLECTOR_ENV, FlushOutcome, LAMBDA_FLUSH_BOUND, LOG_ENV, LogTo, METRICS_EXPORTER_ENV,
-    SDK_DISABLED_ENV, TRACES_EXPORTER_ENV, TRACES_SAMPLER_ARG_ENV, TRACES_SAMPLER_ENV, Telemetry,
-    TelemetryConfig, TelemetryError, XRAY_ENV, XRAY_OTLP_ENDPOINT_ENV, exporter_selection,
-    exporter_selection_from_env, init, install_discarding_pipeline, otlp_env_protocol,
-    sampler_check, sdk_disabled, sdk_disabled_from_env, standard_var_check,
-    standard_vars_check_from_env, switch, switch_from_env,
+    SDK_DISABLED_ENV, SPAN_PIPELINE_ENV, TRACES_EXPORTER_ENV, TRACES_SAMPLER_ARG_ENV,
+    TRACES_SAMPLER_ENV, Telemetry, TelemetryConfig, TelemetryError, XRAY_ENV,
+    XRAY_OTLP_ENDPOINT_ENV, exporter_selection, exporter_selection_from_env, init,
+    install_discarding_pipeline, otlp_env_protocol, plain_pipeline, sampler_check, sdk_disabled,
+    sdk_disabled_from_env, standard_var_check, standard_vars_check_from_env, switch,
+    switch_from_env,
 };
 pub use propagation::TraceContext;
 pub use provenance::{ClaimSummary, CredentialProvenance, Verification};
