@@ -24,6 +24,12 @@ thread (the span and metric exporters and their HTTP client). The callgrind file
 thread, stay in --out for `callgrind_annotate` (build with `cargo build --profile profiling` to
 have symbols).
 
+`--chain` measures the whole passthrough chain instead: a local stack (`tokentrail up`) per run
+with every hop under callgrind (`TOKENTRAIL_HOP_WRAPPER`), driven by `tokentrail load` with one
+worker for two durations; per request it counts what the chain's hops (runtime, agent, gateway,
+interceptor, target; not the IdP) execute, and its spans at the stack's collector. Its untraced
+run is the denominator of tracing's share.
+
 Needs valgrind (Debian: `apt-get install valgrind`). Only the standard library; nothing is left
 running.
 """
@@ -97,18 +103,30 @@ def drive(url, token, n):
     return ok, traces
 
 
-def spans_stored(traces_file, traces):
-    """Spans the collector stored (OTLP/JSON lines) whose trace id is one of `traces`."""
-    count = 0
+def stored(traces_file):
+    """(service.name, span) of every span the collector stored (OTLP/JSON lines)."""
     try:
         with open(traces_file) as f:
             for line in f:
                 for rs in json.loads(line).get("resourceSpans", []):
+                    service = resource_service(rs)
                     for ss in rs.get("scopeSpans", []):
-                        count += sum(s.get("traceId") in traces for s in ss.get("spans", []))
+                        for span in ss.get("spans", []):
+                            yield service, span
     except FileNotFoundError:
-        pass
-    return count
+        return
+
+
+def resource_service(rs):
+    for kv in rs.get("resource", {}).get("attributes", []):
+        if kv.get("key") == "service.name":
+            return kv.get("value", {}).get("stringValue")
+    return None
+
+
+def spans_stored(traces_file, traces):
+    """Spans the collector stored whose trace id is one of `traces`."""
+    return sum(span.get("traceId") in traces for _, span in stored(traces_file))
 
 
 def wait_for_spans(traces_file, traces, limit_s=10):
@@ -141,6 +159,11 @@ def per_thread(out):
     files = sorted(glob.glob(f"{glob.escape(out)}-[0-9]*"))
     if not files:
         sys.exit(f"no callgrind file {out}-NN was written")
+    return thread_split(files)
+
+
+def thread_split(files):
+    """Instructions of callgrind files of one thread each: (request threads, the others)."""
     serving = others = 0
     for path in files:
         total = instructions(path)
@@ -151,6 +174,147 @@ def per_thread(out):
         else:
             others += total
     return serving, others
+
+
+def stop_stack(up, limit_s):
+    """Stop `tokentrail up` as Ctrl-C does (its hops flush and exit), killing it after `limit_s`."""
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        up.kill()
+
+
+CHAIN_HOPS = ("runtime", "agent", "gateway", "interceptor", "target", "broker")
+
+
+def hop_spans_stored(traces_file):
+    """Spans the collector stored from the chain's hops (by `service.name`)."""
+    return sum(service in CHAIN_HOPS for service, _ in stored(traces_file))
+
+
+def per_hop_thread(out):
+    """Instructions of the chain's hops (files callgrind.<hop>.<pid>-NN): (request threads,
+    the others), summed over the hops."""
+    files = [
+        path
+        for path in sorted(glob.glob(os.path.join(glob.escape(out), "callgrind.*.*-[0-9]*")))
+        if os.path.basename(path).split(".")[1] in CHAIN_HOPS
+    ]
+    missing = set(CHAIN_HOPS) - {"broker"} - {os.path.basename(p).split(".")[1] for p in files}
+    if missing:
+        sys.exit(f"no callgrind file of {', '.join(sorted(missing))} in {out}")
+    return thread_split(files)
+
+
+def run_chain(args, env, mode, seconds):
+    """A stack with every hop under callgrind, loaded by one worker for `seconds`: (instructions
+    of the hops' request threads, of their other threads, requests answered, hop spans stored)."""
+    out = os.path.join(args.out, f"chain.{mode}.{seconds}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    run_env = dict(env)
+    run_env["TOKENTRAIL_HOP_WRAPPER"] = (
+        "valgrind --tool=callgrind --separate-threads=yes "
+        f"--callgrind-out-file={out}/callgrind.{{hop}}.%p"
+    )
+    if mode == "off":
+        run_env["OTEL_TRACES_SAMPLER"] = "always_off"
+    else:
+        run_env["TOKENTRAIL_SPAN_PIPELINE"] = mode
+    up_log = os.path.join(out, "up.log")
+    with open(up_log, "w") as stdout:
+        up = subprocess.Popen(
+            [args.bin, "up", "--out", out], env=run_env, stdout=stdout, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_line(up_log, "  collector ", up, 900)
+        load = subprocess.run(
+            [
+                args.bin, "load", "--out", out, "--pattern", "passthrough",
+                "--concurrency", "1", "--duration", f"{seconds}s", "--warmup", "0s",
+            ],
+            env=run_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if load.returncode != 0:
+            sys.exit(f"tokentrail load failed: {load.stderr.strip()}")
+        with open(os.path.join(out, "load.json")) as f:
+            done = json.load(f)["patterns"]["passthrough"]
+        if done["outcomes"]["ok"] != done["sent"]:
+            sys.exit(f"not every request was answered ok: {done['outcomes']} of {done['sent']}")
+        time.sleep(1)  # one more export interval
+    finally:
+        stop_stack(up, 900)
+    if up.returncode not in (0, -signal.SIGINT):
+        sys.exit(f"tokentrail up exited with {up.returncode}; see {up_log}")
+    serving, others = per_hop_thread(out)
+    return serving, others, done["sent"], hop_spans_stored(os.path.join(out, "traces.jsonl"))
+
+
+def chain(args, pipelines):
+    """--chain: the whole chain's hops, per request."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TOKENTRAIL_"))}
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+    short, long = args.seconds
+    per_request, spans = {}, {}
+    for mode in ("off", *pipelines):
+        runs = {}
+        for sec in (short, long):
+            runs[sec] = run_chain(args, env, mode, sec)
+            serving, others, sent, stored = runs[sec]
+            print(
+                f"{mode:10} {sec:4}s: {sent:5} requests, {serving + others:,} instructions in the "
+                f"hops, {stored} hop spans stored",
+                flush=True,
+            )
+        n = runs[long][2] - runs[short][2]
+        if n <= 0:
+            sys.exit(f"{mode}: the longer run did not send more requests ({runs})")
+        per_request[mode] = [(runs[long][i] - runs[short][i]) / n for i in (0, 1)]
+        spans[mode] = (runs[long][3] - runs[short][3]) / n
+    report(per_request, spans, pipelines, f"{n} more requests in the longer runs; hop spans")
+    print(f"callgrind files: {args.out}/chain.*/callgrind.*")
+
+
+def report(per_request, spans, pipelines, what):
+    """Print instructions per request of each run and what each pipeline adds per span; fail
+    unless every pipeline exported as many spans per request (and the untraced run none)."""
+    if spans["off"] != 0:
+        sys.exit(f"the untraced runs exported spans: {spans['off']:g} per request")
+    first = spans[pipelines[0]]
+    if first <= 0 or any(abs(spans[m] - first) > 0.005 * first for m in pipelines):
+        sys.exit(
+            "the pipelines did not export the same spans per request: "
+            + ", ".join(f"{m} {spans[m]:.3f}" for m in pipelines)
+        )
+    off = per_request["off"]
+    print(f"\nper request ({what} per request at the receiver: {first:.2f}, the same for every pipeline)")
+    print(f"{'':12}{'request threads':>18}{'export threads':>18}{'all':>12}")
+    print(f"{'untraced':12}{off[0]:>18,.0f}{off[1]:>18,.0f}{sum(off):>12,.0f}")
+    for mode in pipelines:
+        on = per_request[mode]
+        print(f"{mode:12}{on[0]:>18,.0f}{on[1]:>18,.0f}{sum(on):>12,.0f}")
+    print("\nwhat tracing adds")
+    print(
+        f"{'':12}{'per span: request threads':>28}{'export threads':>16}{'all':>9}"
+        f"{'per request':>13}{'of untraced':>13}"
+    )
+    adds = {}
+    for mode in pipelines:
+        on = per_request[mode]
+        adds[mode] = [(on[i] - off[i]) / spans[mode] for i in (0, 1)]
+        a = adds[mode]
+        total = sum(on) - sum(off)
+        print(
+            f"{mode:12}{a[0]:>28,.0f}{a[1]:>16,.0f}{sum(a):>9,.0f}{total:>13,.0f}"
+            f"{total / sum(off):>+13.1%}"
+        )
+    if "plain" in adds and "tokentrail" in adds:
+        ratio = (sum(per_request["tokentrail"]) - sum(off)) / (sum(per_request["plain"]) - sum(off))
+        print(f"tokentrail / plain: {ratio:.2f}")
 
 
 def run_target(args, env, mode, n, token, traces_file):
@@ -203,6 +367,16 @@ def main():
         default="tokentrail,plain",
         help="span pipelines to measure against the untraced run: tokentrail, plain or both",
     )
+    p.add_argument(
+        "--chain",
+        action="store_true",
+        help="the whole passthrough chain's hops under callgrind, driven by tokentrail load",
+    )
+    p.add_argument(
+        "--seconds",
+        default="20,80",
+        help="with --chain: the two load durations in seconds, e.g. 20,80",
+    )
     args = p.parse_args()
     pipelines = [m.strip() for m in args.pipelines.split(",") if m.strip()]
     if not pipelines or any(m not in ("tokentrail", "plain") for m in pipelines):
@@ -218,6 +392,14 @@ def main():
     if not 0 < small < large:
         sys.exit("--requests: the second count must be larger than the first, both above 0")
     os.makedirs(args.out, exist_ok=True)
+    if args.chain:
+        try:
+            args.seconds = tuple(int(x) for x in args.seconds.split(","))
+            assert len(args.seconds) == 2 and 0 < args.seconds[0] < args.seconds[1]
+        except (ValueError, AssertionError):
+            sys.exit(f"--seconds takes two durations, the second longer, e.g. 20,80, not {args.seconds!r}")
+        chain(args, pipelines)
+        return
     stack_out = os.path.join(args.out, "stack")
     up_log = os.path.join(args.out, "up.log")
     with open(up_log, "w") as stdout:
@@ -261,46 +443,11 @@ def main():
             per_request[mode] = [
                 (counts[large][i] - counts[small][i]) / (large - small) for i in (0, 1)
             ]
-            spans[mode] = (counts[small][2], counts[large][2])
-        if spans["off"] != (0, 0):
-            sys.exit(f"the untraced runs exported spans: {spans['off']}")
-        for mode in pipelines:
-            if spans[mode] != spans[pipelines[0]] or 0 in spans[mode]:
-                sys.exit(
-                    "the pipelines did not export the same spans: "
-                    + ", ".join(f"{m} {spans[m][0]} and {spans[m][1]}" for m in pipelines)
-                )
-        per_span = (spans[pipelines[0]][1] - spans[pipelines[0]][0]) / (large - small)
-        off = per_request["off"]
-        print(
-            f"\nper request ({large - small} requests; spans per request at the receiver: "
-            f"{per_span:g}; the same for every pipeline)"
-        )
-        print(f"{'':12}{'request threads':>18}{'export threads':>18}{'all':>12}")
-        print(f"{'untraced':12}{off[0]:>18,.0f}{off[1]:>18,.0f}{sum(off):>12,.0f}")
-        adds = {}
-        for mode in pipelines:
-            on = per_request[mode]
-            adds[mode] = [(on[i] - off[i]) / per_span for i in (0, 1)]
-            print(f"{mode:12}{on[0]:>18,.0f}{on[1]:>18,.0f}{sum(on):>12,.0f}")
-        print("\nwhat tracing adds per span")
-        print(f"{'':12}{'request threads':>18}{'export threads':>18}{'all':>12}{'of untraced':>13}")
-        for mode in pipelines:
-            a = adds[mode]
-            print(
-                f"{mode:12}{a[0]:>18,.0f}{a[1]:>18,.0f}{sum(a):>12,.0f}"
-                f"{sum(a) * per_span / sum(off):>+13.1%}"
-            )
-        if "plain" in adds and "tokentrail" in adds:
-            ratio = sum(adds["tokentrail"]) / sum(adds["plain"])
-            print(f"tokentrail / plain: {ratio:.2f}")
+            spans[mode] = (counts[large][2] - counts[small][2]) / (large - small)
+        report(per_request, spans, pipelines, f"{large - small} requests; spans")
         print(f"callgrind files: {args.out}/callgrind.*")
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        stop_stack(up, 30)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,34 @@ impl std::fmt::Debug for Stack {
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A command every hop of the local stack runs under, e.g. `valgrind --tool=callgrind
+/// --callgrind-out-file=out/callgrind.{hop}.%p` (words split on whitespace; `{hop}` is the hop's
+/// name): `perf record`, `strace`, valgrind, as `scripts/hop-instructions.py --chain` uses it.
+pub const HOP_WRAPPER_ENV: &str = "TOKENTRAIL_HOP_WRAPPER";
+
+/// How long a wrapped hop may take to start and to stop (valgrind runs a hop ~50 times slower,
+/// and writes its profile at exit).
+const WRAPPED_PATIENCE: Duration = Duration::from_secs(300);
+
+/// The words of [`HOP_WRAPPER_ENV`] for `hop`, when set.
+fn hop_wrapper(hop: HopName) -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var(HOP_WRAPPER_ENV)
+        .ok()?
+        .split_whitespace()
+        .map(|w| w.replace("{hop}", hop.as_str()))
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// How long a hop may take to start, and to stop once asked.
+fn patience() -> (Duration, Duration) {
+    if std::env::var(HOP_WRAPPER_ENV).is_ok_and(|w| !w.trim().is_empty()) {
+        (WRAPPED_PATIENCE, WRAPPED_PATIENCE)
+    } else {
+        (START_TIMEOUT, Duration::from_secs(10))
+    }
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -349,7 +377,14 @@ async fn spawn_hop(
         .append(true)
         .open(&log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    let mut cmd = Command::new(&opts.binary);
+    let mut cmd = match hop_wrapper(hop) {
+        Some(words) => {
+            let mut cmd = Command::new(&words[0]);
+            cmd.args(&words[1..]).arg(&opts.binary);
+            cmd
+        }
+        None => Command::new(&opts.binary),
+    };
     cmd.arg("serve")
         .arg(hop.as_str())
         .stdin(Stdio::piped())
@@ -375,12 +410,20 @@ async fn spawn_hop(
         cmd.env(SPAN_DELAY_ENV, STACK_SPAN_DELAY_MS.to_string());
     }
     cmd.envs(env);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {} {}", opts.binary.display(), hop.as_str()))?;
+    let mut child = cmd.spawn().with_context(|| {
+        let under = hop_wrapper(hop)
+            .map(|w| format!(" under {HOP_WRAPPER_ENV}=`{}`", w.join(" ")))
+            .unwrap_or_default();
+        format!(
+            "cannot start {} {}{under}",
+            opts.binary.display(),
+            hop.as_str()
+        )
+    })?;
     let stdout = child.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(START_TIMEOUT, async {
+    let start_within = patience().0;
+    let ready = tokio::time::timeout(start_within, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some((_, url)) = line.strip_prefix("READY ").and_then(|r| r.split_once(' ')) {
                 return Some(url.to_owned());
@@ -402,7 +445,7 @@ async fn spawn_hop(
             tail(&log)
         ),
         Err(_) => bail!(
-            "{} was not ready within {START_TIMEOUT:?}; see {}",
+            "{} was not ready within {start_within:?}; see {}",
             hop.as_str(),
             log.display()
         ),
@@ -698,8 +741,9 @@ impl Stack {
         for r in self.children.iter_mut().rev() {
             drop(r.child.stdin.take());
         }
+        let stop_within = patience().1;
         for r in self.children.iter_mut() {
-            match tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await {
+            match tokio::time::timeout(stop_within, r.child.wait()).await {
                 Ok(Ok(status)) if !status.success() => {
                     // Not eprintln!: after a hangup the terminal is gone, and the stop goes on.
                     let _ = writeln!(

@@ -1,10 +1,11 @@
-//! Span exporters: the redacting wrapper every exporter sits behind, and OTLP construction.
+//! The redacting wrapper every span exporter sits behind, except tokentrail's own OTLP/HTTP
+//! exporter, whose encoder scrubs the same strings as it writes them ([`crate::otlp_export`]).
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use opentelemetry::trace::{Event, Status};
-use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry::{Array, Key, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -48,6 +49,9 @@ fn scrub_value(v: &mut Value) {
 
 fn scrub_kvs(kvs: &mut [KeyValue]) {
     for kv in kvs {
+        if let Cow::Owned(clean) = scrub(kv.key.as_str()) {
+            kv.key = Key::from(clean);
+        }
         scrub_value(&mut kv.value);
     }
 }

@@ -497,6 +497,13 @@ fn plain_batch(
     Ok(BatchSpanProcessor::builder(exporter).build())
 }
 
+/// tokentrail's own OTLP/HTTP exporter in the SDK's batch processor: its encoder scrubs every
+/// string it writes (see [`crate::otlp_export`]), so no [`RedactingExporter`] goes in front.
+fn batch_scrubbing_itself(exporter: OtlpHttpExporter) -> BatchSpanProcessor {
+    BatchSpanProcessor::builder(exporter).build()
+}
+
+/// Any other exporter in the SDK's batch processor, behind the [`RedactingExporter`].
 fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
     BatchSpanProcessor::builder(RedactingExporter(exporter)).build()
 }
@@ -584,7 +591,7 @@ impl Telemetry {
 fn build_otlp_http(
     endpoint: String,
     timeout: Duration,
-) -> Result<impl SpanExporter + 'static, TelemetryError> {
+) -> Result<OtlpHttpExporter, TelemetryError> {
     let fail = |reason: String| TelemetryError::Exporter {
         which: "collector",
         reason,
@@ -611,7 +618,10 @@ fn build_provider(
         builder = if plain {
             builder.with_span_processor(plain_batch(Some(endpoint), cfg.export_timeout)?)
         } else {
-            builder.with_span_processor(batch(build_otlp_http(endpoint, cfg.export_timeout)?))
+            builder.with_span_processor(batch_scrubbing_itself(build_otlp_http(
+                endpoint,
+                cfg.export_timeout,
+            )?))
         };
         exporters.push("collector");
     }
@@ -709,7 +719,7 @@ fn build_provider(
                         cfg.export_timeout,
                     )
                     .map_err(|e| fail("xray-otlp", e))?;
-                    builder = builder.with_span_processor(batch(exporter));
+                    builder = builder.with_span_processor(batch_scrubbing_itself(exporter));
                     exporters.push("xray-otlp");
                 }
                 other => {

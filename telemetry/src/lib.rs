@@ -24,6 +24,7 @@ pub mod hop;
 mod idgen;
 mod init;
 mod logs;
+mod memo;
 pub mod metrics;
 pub mod otlp;
 mod otlp_export;

@@ -379,56 +379,17 @@ fn key_value(out: &mut Vec<u8>, buf: &[u8], depth: u32) -> Option<()> {
     Some(())
 }
 
-/// Slots of the attribute memo (see [`attribute`]).
-const MEMO_SLOTS: usize = 512;
-/// The longest attribute (wire bytes) the memo keeps; longer ones, rare, are transcoded each time.
-const MEMO_MAX: usize = 160;
-
-/// The last attribute seen at each slot: its wire bytes and its text. An empty key is an empty
-/// slot (an empty attribute is never kept).
-struct Memo {
-    slots: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 thread_local! {
-    static MEMO: std::cell::RefCell<Memo> = const { std::cell::RefCell::new(Memo { slots: Vec::new() }) };
+    static MEMO: std::cell::RefCell<crate::memo::Memo> =
+        const { std::cell::RefCell::new(crate::memo::Memo::new()) };
 }
 
-/// One attribute of an attribute list (a top-level `KeyValue`), written from the memo when its
-/// wire bytes were seen before on this thread. Most of a span's attributes (pattern, hop, issuer,
-/// audience, outcome, …) are the same bytes in span after span, and a hit is a hash, a compare
-/// and a copy where a miss decodes the fields and tests every string for secrets and escapes.
-/// The text is a function of the wire bytes alone (scrubbed as [`push_str`] scrubs), so a hit
-/// writes exactly what a miss would. The memo is direct-mapped: a new attribute replaces the
-/// slot's, so crafted attributes can only cause misses, never longer lookups or more memory.
+/// One attribute of an attribute list (a top-level `KeyValue`), written from the memo
+/// ([`crate::memo`]) when its wire bytes were seen before on this thread: the text is a function
+/// of the wire bytes alone (scrubbed as [`push_str`] scrubs), so a hit writes exactly what a miss
+/// would.
 fn attribute(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
-    if buf.is_empty() || buf.len() > MEMO_MAX {
-        return key_value(out, buf, 0);
-    }
-    MEMO.with_borrow_mut(|memo| {
-        if memo.slots.is_empty() {
-            memo.slots = vec![(Vec::new(), Vec::new()); MEMO_SLOTS];
-        }
-        let slot = {
-            use std::hash::Hasher;
-            let mut h = rustc_hash::FxHasher::default();
-            h.write(buf);
-            // The high bits mix best.
-            (h.finish() >> 32) as usize % MEMO_SLOTS
-        };
-        let (key, text) = &mut memo.slots[slot];
-        if key.as_slice() == buf {
-            out.extend_from_slice(text);
-            return Some(());
-        }
-        let start = out.len();
-        key_value(out, buf, 0)?;
-        key.clear();
-        key.extend_from_slice(buf);
-        text.clear();
-        text.extend_from_slice(&out[start..]);
-        Some(())
-    })
+    MEMO.with_borrow_mut(|memo| memo.write(buf, out, |out| key_value(out, buf, 0)))
 }
 
 fn resource(out: &mut Vec<u8>, buf: &[u8]) -> Option<()> {
@@ -846,8 +807,9 @@ mod tests {
             "authorization",
             Some(V::StringValue("Bearer\topaque0123456789".into())),
         ));
-        span.attributes
-            .extend((0..3 * MEMO_SLOTS).map(|i| kv(&format!("k{i}"), Some(V::IntValue(i as i64)))));
+        span.attributes.extend(
+            (0..3 * crate::memo::SLOTS).map(|i| kv(&format!("k{i}"), Some(V::IntValue(i as i64)))),
+        );
         let body = req.encode_to_vec();
         let want =
             crate::redact::scrub_json(&serde_json::to_string(&req).expect("serde")).into_owned();
