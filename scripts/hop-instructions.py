@@ -25,9 +25,11 @@ thread, stay in --out for `callgrind_annotate` (build with `cargo build --profil
 have symbols).
 
 `--chain` measures the whole passthrough chain instead: a local stack (`tokentrail up`) per run
-with every hop under callgrind (`TOKENTRAIL_HOP_WRAPPER`), driven by `tokentrail load` with one
-worker for two durations; per request it counts what the chain's hops (runtime, agent, gateway,
-interceptor, target; not the IdP) execute, and its spans at the stack's collector. Its untraced
+with every hop under callgrind (`TOKENTRAIL_HOP_WRAPPER`), driven by `tokentrail load` at one
+fixed rate for two durations; per request it counts what the chain's hops (runtime, agent, gateway,
+interceptor, target; not the IdP) execute, and its spans at the stack's collector. The load is
+open loop at `--rate` (40 requests per second by default, what the hops sustain under callgrind
+here): each export then carries the same number of spans run after run. Its untraced
 run is the denominator of tracing's share.
 
 Needs valgrind (Debian: `apt-get install valgrind`). Only the standard library; nothing is left
@@ -208,7 +210,7 @@ def per_hop_thread(out):
 
 
 def run_chain(args, env, mode, seconds):
-    """A stack with every hop under callgrind, loaded by one worker for `seconds`: (instructions
+    """A stack with every hop under callgrind, loaded at `args.rate` for `seconds`: (instructions
     of the hops' request threads, of their other threads, requests answered, hop spans stored)."""
     out = os.path.join(args.out, f"chain.{mode}.{seconds}")
     shutil.rmtree(out, ignore_errors=True)
@@ -232,7 +234,7 @@ def run_chain(args, env, mode, seconds):
         load = subprocess.run(
             [
                 args.bin, "load", "--out", out, "--pattern", "passthrough",
-                "--concurrency", "1", "--duration", f"{seconds}s", "--warmup", "0s",
+                "--rate", str(args.rate), "--duration", f"{seconds}s", "--warmup", "0s",
             ],
             env=run_env,
             stdout=subprocess.DEVNULL,
@@ -371,6 +373,13 @@ def main():
         "--chain",
         action="store_true",
         help="the whole passthrough chain's hops under callgrind, driven by tokentrail load",
+    )
+    p.add_argument(
+        "--rate",
+        type=int,
+        default=40,
+        help="with --chain: requests per second (open loop; a fixed rate fixes how many spans "
+        "each export carries, which the per-span cost depends on)",
     )
     p.add_argument(
         "--seconds",

@@ -596,7 +596,7 @@ fn build_otlp_http(
         which: "collector",
         reason,
     };
-    let client = OtlpHttpExporter::blocking_client(timeout).map_err(fail)?;
+    let client = OtlpHttpExporter::blocking_client(&endpoint, timeout).map_err(fail)?;
     OtlpHttpExporter::new(client, &endpoint, timeout).map_err(fail)
 }
 

@@ -527,14 +527,23 @@ impl OtlpHttpExporter {
         })
     }
 
-    /// The blocking reqwest client every export of the embedded collector goes through. Must be
-    /// built outside an async runtime.
-    pub(crate) fn blocking_client(timeout: Duration) -> Result<Arc<dyn HttpClient>, String> {
-        reqwest::blocking::Client::builder()
+    /// The blocking reqwest client every export to `endpoint` (the embedded collector) goes
+    /// through. Must be built outside an async runtime.
+    pub(crate) fn blocking_client(
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Arc<dyn HttpClient>, String> {
+        let client = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .build()
-            .map(|c| Arc::new(c) as Arc<dyn HttpClient>)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(endpoint).map_err(|e| {
+            format!("endpoint `{endpoint}`: {e} (it needs a scheme and a host: http://host:port/v1/traces)")
+        })?;
+        let uri = endpoint
+            .parse()
+            .map_err(|e| format!("endpoint `{endpoint}`: {e}"))?;
+        Ok(Arc::new(BlockingClient { client, uri, url }))
     }
 
     /// Post one request body, retrying as [`RETRIES`] says.
@@ -586,6 +595,53 @@ impl OtlpHttpExporter {
             }
             Err(e) => Err((true, None, format!("{}: {e}", self.endpoint))),
         }
+    }
+}
+
+/// The blocking reqwest client for one endpoint, its URL parsed once: `opentelemetry-http`'s
+/// client converts each `http::Request` to reqwest's, which parses the URI again (URL parser,
+/// IDNA), several thousand instructions per export. Requests to another URI go that way.
+#[derive(Debug)]
+struct BlockingClient {
+    client: reqwest::blocking::Client,
+    uri: http::Uri,
+    url: reqwest::Url,
+}
+
+/// The largest response body read (as `opentelemetry-http` bounds it).
+const MAX_RESPONSE_BODY: u64 = 4 * 1024 * 1024;
+
+#[async_trait::async_trait]
+impl HttpClient for BlockingClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        use std::io::Read as _;
+        if request.uri() != &self.uri {
+            return self.client.send_bytes(request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let mut response = self
+            .client
+            .request(parts.method, self.url.clone())
+            .headers(parts.headers)
+            .body(body)
+            .send()?;
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let mut read = Vec::new();
+        response
+            .take(MAX_RESPONSE_BODY + 1)
+            .read_to_end(&mut read)?;
+        if read.len() as u64 > MAX_RESPONSE_BODY {
+            return Err(format!("response body over {MAX_RESPONSE_BODY} bytes").into());
+        }
+        let mut answer = http::Response::builder()
+            .status(status)
+            .body(Bytes::from(read))?;
+        *answer.headers_mut() = headers;
+        Ok(answer)
     }
 }
 
@@ -1079,13 +1135,10 @@ mod http_tests {
     fn the_blocking_client_gives_the_buffer_back() {
         let port = crate::test_http::serve(|_| ("application/x-protobuf", String::new())).port();
         let e = std::thread::spawn(move || {
-            let client = OtlpHttpExporter::blocking_client(Duration::from_secs(5)).expect("client");
-            OtlpHttpExporter::new(
-                client,
-                &format!("http://127.0.0.1:{port}/v1/traces"),
-                Duration::from_secs(5),
-            )
-            .expect("exporter")
+            let endpoint = format!("http://127.0.0.1:{port}/v1/traces");
+            let client = OtlpHttpExporter::blocking_client(&endpoint, Duration::from_secs(5))
+                .expect("client");
+            OtlpHttpExporter::new(client, &endpoint, Duration::from_secs(5)).expect("exporter")
         })
         .join()
         .expect("built");
