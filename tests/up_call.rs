@@ -435,3 +435,50 @@ fn a_killed_stack_is_gone_and_a_hangup_stops_one() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `TOKENTRAIL_HOP_WRAPPER`: every hop of the stack runs under the wrapper command (here a
+/// script that notes the hop's name from `{hop}` and then runs it), and the stack still answers.
+#[test]
+fn every_hop_runs_under_the_hop_wrapper() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let out = support::tempdir("up-wrapper");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let marks = out.join("wrapped.txt");
+    let script = out.join("wrap.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\nshift\nexec \"$@\"\n",
+            marks.display()
+        ),
+    )
+    .expect("script written");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let wrapper = format!("{} {{hop}}", script.display());
+    let mut up = Up::start_with(
+        &out,
+        Stdio::piped(),
+        Stdio::null(),
+        &[("TOKENTRAIL_HOP_WRAPPER", &wrapper)],
+    );
+    wait_until_up(&mut up);
+    let valid = support::succeeded(&call(&out, &["--user", "alice"]));
+    assert!(valid.contains(" ok "), "{valid}");
+    stops_cleanly_on(&mut up, "-INT");
+    let wrapped = std::fs::read_to_string(&marks).expect("the wrapper ran");
+    let mut hops: Vec<&str> = wrapped.lines().collect();
+    hops.sort_unstable();
+    assert_eq!(
+        hops,
+        [
+            "agent",
+            "gateway",
+            "idp",
+            "interceptor",
+            "runtime",
+            "target"
+        ],
+        "{wrapped}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
