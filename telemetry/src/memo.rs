@@ -22,7 +22,21 @@ pub(crate) const MAX_KEY: usize = 160;
 /// The last key seen at each slot and its encoding. An empty key is an empty slot (an empty key
 /// is never kept).
 pub(crate) struct Memo {
-    slots: Vec<(Vec<u8>, Vec<u8>)>,
+    slots: Vec<Slot>,
+}
+
+/// Encodings up to this long are kept zero-padded to it, and a hit copies this many bytes (a
+/// copy of constant length, inlined, where one of the text's own length calls `memcpy`) and
+/// then drops the padding.
+const SHORT_TEXT: usize = 64;
+
+#[derive(Clone, Default)]
+struct Slot {
+    key: Vec<u8>,
+    /// The encoding, zero-padded to at least [`SHORT_TEXT`] bytes.
+    text: Vec<u8>,
+    /// Its length without the padding.
+    len: usize,
 }
 
 impl Memo {
@@ -73,13 +87,24 @@ impl Memo {
         encode: impl FnOnce(&mut Vec<u8>) -> Option<()>,
     ) -> Option<()> {
         if self.slots.is_empty() {
-            self.slots = vec![(Vec::new(), Vec::new()); SLOTS];
+            self.slots = vec![Slot::default(); SLOTS];
         }
         // The top bits: those of a multiplicative hash depend on every bit of its input.
         let slot = (hash >> (u64::BITS - SLOT_BITS)) as usize;
-        let (kept, text) = &mut self.slots[slot];
+        let Slot {
+            key: kept,
+            text,
+            len,
+        } = &mut self.slots[slot];
         if !kept.is_empty() && is_key(kept) {
-            out.extend_from_slice(text);
+            match text.first_chunk::<SHORT_TEXT>() {
+                Some(padded) if *len <= SHORT_TEXT => {
+                    let end = out.len() + *len;
+                    out.extend_from_slice(padded);
+                    out.truncate(end);
+                }
+                _ => out.extend_from_slice(&text[..*len]),
+            }
             return Some(());
         }
         let start = out.len();
@@ -92,6 +117,10 @@ impl Memo {
         }
         text.clear();
         text.extend_from_slice(&out[start..]);
+        *len = text.len();
+        if text.len() < SHORT_TEXT {
+            text.resize(SHORT_TEXT, 0);
+        }
         Some(())
     }
 }
