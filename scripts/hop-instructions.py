@@ -29,7 +29,9 @@ with every hop under callgrind (`TOKENTRAIL_HOP_WRAPPER`), driven by `tokentrail
 fixed rate for two durations; per request it counts what the chain's hops (runtime, agent, gateway,
 interceptor, target; not the IdP) execute, and its spans at the stack's collector. The load is
 open loop at `--rate` (40 requests per second by default, what the hops sustain under callgrind
-here): each export then carries the same number of spans run after run. Its untraced
+here): each export then carries the same number of spans run after run. Each run starts with
+`--warmup` seconds of load, after which every hop's counters are zeroed (`callgrind_control
+--zero`), so cold caches are not counted. Its untraced
 run is the denominator of tracing's share.
 
 Needs valgrind (Debian: `apt-get install valgrind`). Only the standard library; nothing is left
@@ -229,9 +231,8 @@ def run_chain(args, env, mode, seconds):
         up = subprocess.Popen(
             [args.bin, "up", "--out", out], env=run_env, stdout=stdout, stderr=subprocess.STDOUT
         )
-    try:
-        wait_for_line(up_log, "  collector ", up, 900)
-        load = subprocess.run(
+    def load(seconds):
+        run = subprocess.run(
             [
                 args.bin, "load", "--out", out, "--pattern", "passthrough",
                 "--rate", str(args.rate), "--duration", f"{seconds}s", "--warmup", "0s",
@@ -241,19 +242,35 @@ def run_chain(args, env, mode, seconds):
             stderr=subprocess.PIPE,
             text=True,
         )
-        if load.returncode != 0:
-            sys.exit(f"tokentrail load failed: {load.stderr.strip()}")
+        if run.returncode != 0:
+            sys.exit(f"tokentrail load failed: {run.stderr.strip()}")
         with open(os.path.join(out, "load.json")) as f:
             done = json.load(f)["patterns"]["passthrough"]
         if done["outcomes"]["ok"] != done["sent"]:
             sys.exit(f"not every request was answered ok: {done['outcomes']} of {done['sent']}")
+        return done
+
+    try:
+        wait_for_line(up_log, "  collector ", up, 900)
+        # Warm-up, then every hop's counters to zero: what the first requests cost (JWKS
+        # fetches, the first verification of each token, which several requests arriving
+        # together may each do) differs from run to run and is not a request's cost.
+        load(args.warmup)
+        zero = subprocess.run(
+            ["callgrind_control", "--zero", "tokentrail"], capture_output=True, text=True
+        )
+        if zero.returncode != 0:
+            sys.exit(f"callgrind_control --zero failed: {zero.stderr.strip() or zero.stdout.strip()}")
+        spans_before = hop_spans_stored(os.path.join(out, "traces.jsonl"))
+        done = load(seconds)
         time.sleep(1)  # one more export interval
     finally:
         stop_stack(up, 900)
     if up.returncode not in (0, -signal.SIGINT):
         sys.exit(f"tokentrail up exited with {up.returncode}; see {up_log}")
     serving, others = per_hop_thread(out)
-    return serving, others, done["sent"], hop_spans_stored(os.path.join(out, "traces.jsonl"))
+    stored = hop_spans_stored(os.path.join(out, "traces.jsonl")) - spans_before
+    return serving, others, done["sent"], stored
 
 
 def chain(args, pipelines):
@@ -380,6 +397,12 @@ def main():
         default=40,
         help="with --chain: requests per second (open loop; a fixed rate fixes how many spans "
         "each export carries, which the per-span cost depends on)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="with --chain: seconds of load before the counters are zeroed",
     )
     p.add_argument(
         "--seconds",
