@@ -414,6 +414,9 @@ fn bench_reports_throughput_and_the_cpu_tracing_adds_per_hop() {
         .and_then(|n| n.parse().ok())
         .expect("a count");
     assert!(exports > 0, "{stdout}");
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(doc["receiver"], url.as_str(), "{doc}");
     let killed = std::process::Command::new("kill")
         .arg(receiver.id().to_string())
         .status()

@@ -592,6 +592,7 @@ pub async fn run(
         serde_json::to_string_pretty(&json!({
             "calibrate": calibrate,
             "traced": (!calibrate).then_some(traced),
+            "receiver": receiver_url,
             "concurrency": concurrency,
             "rounds": rounds,
             "results": results,
