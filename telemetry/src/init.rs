@@ -475,26 +475,29 @@ fn resource(service: Service) -> Resource {
         .build()
 }
 
-/// Every exporter sits behind the redacting wrapper. Each export is bounded by the exporter's own
-/// timeout (`export_timeout`, or `OTEL_EXPORTER_OTLP_TIMEOUT`).
-/// The plain pipeline's exporter ([`SPAN_PIPELINE_ENV`]): `opentelemetry-otlp`'s own OTLP/HTTP
-/// protobuf exporter in the SDK's batch processor, with no redaction in front, to `endpoint` (or
-/// where the standard variables say, when `None`).
-fn plain_batch(
+/// `opentelemetry-otlp`'s own OTLP/HTTP protobuf exporter, to `endpoint` with `timeout`, or,
+/// when `None`, where the standard variables say (per-signal endpoint verbatim, generic endpoint
+/// + `/v1/traces`, `OTEL_EXPORTER_OTLP_TIMEOUT`).
+fn otlp_http_exporter(
     endpoint: Option<String>,
     timeout: Duration,
-) -> Result<BatchSpanProcessor, TelemetryError> {
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary);
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint).with_timeout(timeout);
     }
-    let exporter = exporter.build().map_err(|e| TelemetryError::Exporter {
-        which: "otlp-http (plain)",
+    exporter.build().map_err(|e| TelemetryError::Exporter {
+        which: "otlp-http",
         reason: e.to_string(),
-    })?;
-    Ok(BatchSpanProcessor::builder(exporter).build())
+    })
+}
+
+/// The plain pipeline's batch processor ([`SPAN_PIPELINE_ENV`]): `opentelemetry-otlp`'s exporter
+/// with no redaction in front.
+fn plain_batch(exporter: opentelemetry_otlp::SpanExporter) -> BatchSpanProcessor {
+    BatchSpanProcessor::builder(exporter).build()
 }
 
 /// tokentrail's own OTLP/HTTP exporter in the SDK's batch processor: its encoder scrubs every
@@ -503,7 +506,8 @@ fn batch_scrubbing_itself(exporter: OtlpHttpExporter) -> BatchSpanProcessor {
     BatchSpanProcessor::builder(exporter).build()
 }
 
-/// Any other exporter in the SDK's batch processor, behind the [`RedactingExporter`].
+/// Any other exporter in the SDK's batch processor, behind the [`RedactingExporter`]. Each export
+/// is bounded by the exporter's own timeout (`export_timeout`, or `OTEL_EXPORTER_OTLP_TIMEOUT`).
 fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
     BatchSpanProcessor::builder(RedactingExporter(exporter)).build()
 }
@@ -616,7 +620,10 @@ fn build_provider(
     if let Some(base) = &cfg.collector_endpoint {
         let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
         builder = if plain {
-            builder.with_span_processor(plain_batch(Some(endpoint), cfg.export_timeout)?)
+            builder.with_span_processor(plain_batch(otlp_http_exporter(
+                Some(endpoint),
+                cfg.export_timeout,
+            )?))
         } else {
             builder.with_span_processor(batch_scrubbing_itself(build_otlp_http(
                 endpoint,
@@ -627,22 +634,14 @@ fn build_provider(
     }
     if cfg.otlp_from_env && otlp_env_endpoint().is_some() {
         match otlp_env_protocol().as_str() {
-            "http/protobuf" if plain => {
-                builder = builder.with_span_processor(plain_batch(None, cfg.export_timeout)?);
-                exporters.push("otlp-http");
-            }
             "http/protobuf" => {
-                // No explicit endpoint: the exporter resolves the OTEL_* variables itself
-                // (per-signal endpoint verbatim, generic endpoint + /v1/traces).
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .build()
-                    .map_err(|e| TelemetryError::Exporter {
-                        which: "otlp-http",
-                        reason: e.to_string(),
-                    })?;
-                builder = builder.with_span_processor(batch(exporter));
+                // No explicit endpoint: the exporter resolves the OTEL_* variables itself.
+                let exporter = otlp_http_exporter(None, cfg.export_timeout)?;
+                builder = builder.with_span_processor(if plain {
+                    plain_batch(exporter)
+                } else {
+                    batch(exporter)
+                });
                 exporters.push("otlp-http");
             }
             "grpc" => {
