@@ -92,7 +92,9 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
         buf[at] = len as u8;
     } else {
         // Shift the body right by the prefix's extra bytes (one memmove; `Vec::splice` costs
-        // several hundred instructions more per span), then write the prefix in front.
+        // several hundred instructions more per span), then write the prefix in front. The
+        // varint is written out here rather than through `varint` into a stack buffer: routing
+        // `varint` through one cost ~220 instructions per span in `encode_request_into`.
         let mut prefix = [0u8; 10];
         let (mut n, mut v) = (0, len as u64);
         while v >= 0x80 {
@@ -260,8 +262,8 @@ fn attributes<'a>(
         Some(())
     };
     let AttributeMemo { memo, key } = memo;
+    let field_byte = field as u8;
     for (k, v) in kvs {
-        let field_byte = field as u8;
         match v {
             Value::String(s) => scalar_attribute(
                 memo,
