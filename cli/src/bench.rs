@@ -472,13 +472,7 @@ pub async fn run(
                         url
                     }
                     None => {
-                        let sink = std::sync::Arc::new(local::collector::Discard::default());
-                        let (addr, task) = local::serve(
-                            local::collector::discard_router(sink.clone()),
-                            ([127, 0, 0, 1], 0).into(),
-                        )
-                        .await
-                        .context("cannot start the receiver that keeps no span")?;
+                        let (sink, addr, task) = start_discard(0).await?;
                         receiver = Some(Receiver::InProcess(sink, task));
                         format!("http://{addr}")
                     }
@@ -682,16 +676,28 @@ impl ReceiverStats {
     }
 }
 
-/// `tokentrail receive`: an OTLP/HTTP receiver that answers like the collector and keeps
-/// nothing, in a process of its own (so `taskset` can give it a core the chain does not use).
-pub async fn receive(port: u16) -> Result<ExitCode> {
+/// A receiver that keeps nothing, serving on 127.0.0.1:`port` (0: any free port).
+async fn start_discard(
+    port: u16,
+) -> Result<(
+    std::sync::Arc<local::collector::Discard>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
     let sink = std::sync::Arc::new(local::collector::Discard::default());
     let (addr, task) = local::serve(
         local::collector::discard_router(sink.clone()),
         ([127, 0, 0, 1], port).into(),
     )
     .await
-    .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    .with_context(|| format!("cannot start the receiver that keeps no span on 127.0.0.1:{port}"))?;
+    Ok((sink, addr, task))
+}
+
+/// `tokentrail receive`: an OTLP/HTTP receiver that answers like the collector and keeps
+/// nothing, in a process of its own (so `taskset` can give it a core the chain does not use).
+pub async fn receive(port: u16) -> Result<ExitCode> {
+    let (sink, addr, task) = start_discard(port).await?;
     println!("READY receiver http://{addr}");
     crate::serve::interrupt_or_terminate().await;
     task.abort();
