@@ -180,6 +180,17 @@ def thread_split(files):
     return serving, others
 
 
+def mode_env(env, mode):
+    """`env` for a run of `mode`: `off` (untraced: the sampler drops every span) or a span
+    pipeline (`tokentrail`, `plain`)."""
+    run_env = dict(env)
+    if mode == "off":
+        run_env["OTEL_TRACES_SAMPLER"] = "always_off"
+    else:
+        run_env["TOKENTRAIL_SPAN_PIPELINE"] = mode
+    return run_env
+
+
 def stop_stack(up, limit_s):
     """Stop `tokentrail up` as Ctrl-C does (its hops flush and exit), killing it after `limit_s`."""
     up.send_signal(signal.SIGINT)
@@ -217,15 +228,11 @@ def run_chain(args, env, mode, seconds):
     out = os.path.join(args.out, f"chain.{mode}.{seconds}")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    run_env = dict(env)
+    run_env = mode_env(env, mode)
     run_env["TOKENTRAIL_HOP_WRAPPER"] = (
         "valgrind --tool=callgrind --separate-threads=yes "
         f"--callgrind-out-file={out}/callgrind.{{hop}}.%p"
     )
-    if mode == "off":
-        run_env["OTEL_TRACES_SAMPLER"] = "always_off"
-    else:
-        run_env["TOKENTRAIL_SPAN_PIPELINE"] = mode
     up_log = os.path.join(out, "up.log")
     with open(up_log, "w") as stdout:
         up = subprocess.Popen(
@@ -343,11 +350,7 @@ def run_target(args, env, mode, n, token, traces_file):
     log = os.path.join(args.out, f"target.{mode}.{n}.out")
     for stale in glob.glob(glob.escape(out)) + glob.glob(f"{glob.escape(out)}-*"):
         os.remove(stale)  # an earlier run's files, possibly for more threads
-    hop_env = dict(env)
-    if mode == "off":
-        hop_env["OTEL_TRACES_SAMPLER"] = "always_off"
-    else:
-        hop_env["TOKENTRAIL_SPAN_PIPELINE"] = mode
+    hop_env = mode_env(env, mode)
     with open(log, "w") as stdout:
         proc = subprocess.Popen(
             [
