@@ -284,6 +284,8 @@ struct Running {
     hop: HopName,
     child: Child,
     log: PathBuf,
+    /// How long it may take to stop once asked (longer under [`HOP_WRAPPER_ENV`]).
+    stop_within: Duration,
 }
 
 /// A running stack. [`Stack::stop`] stops it; dropping it kills the children.
@@ -330,14 +332,8 @@ fn hop_wrapper(hop: HopName) -> Option<Vec<String>> {
     (!words.is_empty()).then_some(words)
 }
 
-/// How long a hop may take to start, and to stop once asked.
-fn patience() -> (Duration, Duration) {
-    if std::env::var(HOP_WRAPPER_ENV).is_ok_and(|w| !w.trim().is_empty()) {
-        (WRAPPED_PATIENCE, WRAPPED_PATIENCE)
-    } else {
-        (START_TIMEOUT, Duration::from_secs(10))
-    }
-}
+/// How long a hop may take to stop once asked, when it runs under no wrapper.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -377,7 +373,12 @@ async fn spawn_hop(
         .append(true)
         .open(&log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    let mut cmd = match hop_wrapper(hop) {
+    let wrapper = hop_wrapper(hop);
+    let (start_within, stop_within) = match wrapper {
+        Some(_) => (WRAPPED_PATIENCE, WRAPPED_PATIENCE),
+        None => (START_TIMEOUT, STOP_TIMEOUT),
+    };
+    let mut cmd = match &wrapper {
         Some(words) => {
             let mut cmd = Command::new(&words[0]);
             cmd.args(&words[1..]).arg(&opts.binary);
@@ -411,7 +412,8 @@ async fn spawn_hop(
     }
     cmd.envs(env);
     let mut child = cmd.spawn().with_context(|| {
-        let under = hop_wrapper(hop)
+        let under = wrapper
+            .as_ref()
             .map(|w| format!(" under {HOP_WRAPPER_ENV}=`{}`", w.join(" ")))
             .unwrap_or_default();
         format!(
@@ -422,7 +424,6 @@ async fn spawn_hop(
     })?;
     let stdout = child.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let start_within = patience().0;
     let ready = tokio::time::timeout(start_within, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some((_, url)) = line.strip_prefix("READY ").and_then(|r| r.split_once(' ')) {
@@ -436,7 +437,15 @@ async fn spawn_hop(
         Ok(Some(url)) => {
             // Keep draining stdout so the child never blocks on a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok((Running { hop, child, log }, url))
+            Ok((
+                Running {
+                    hop,
+                    child,
+                    log,
+                    stop_within,
+                },
+                url,
+            ))
         }
         Ok(None) => bail!(
             "{} exited before it was ready; its log ({}) ends with:\n{}",
@@ -726,7 +735,7 @@ impl Stack {
     pub async fn stop_hop(&mut self, hop: HopName) -> Result<()> {
         if let Some(r) = self.children.iter_mut().find(|r| r.hop == hop) {
             drop(r.child.stdin.take());
-            if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+            if tokio::time::timeout(r.stop_within, r.child.wait())
                 .await
                 .is_err()
             {
@@ -741,9 +750,8 @@ impl Stack {
         for r in self.children.iter_mut().rev() {
             drop(r.child.stdin.take());
         }
-        let stop_within = patience().1;
         for r in self.children.iter_mut() {
-            match tokio::time::timeout(stop_within, r.child.wait()).await {
+            match tokio::time::timeout(r.stop_within, r.child.wait()).await {
                 Ok(Ok(status)) if !status.success() => {
                     // Not eprintln!: after a hangup the terminal is gone, and the stop goes on.
                     let _ = writeln!(
