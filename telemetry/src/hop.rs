@@ -235,17 +235,28 @@ impl Span {
         self.cx.span().span_context().span_id().to_string()
     }
 
-    /// Set any attribute (names come from [`crate::attrs`]).
+    /// Set any attribute (names come from [`crate::attrs`]). The plain pipeline records the
+    /// OpenTelemetry semantic ones only.
     pub fn attr(&self, key: &'static str, value: impl Into<AttrValue>) {
-        if let Some(plain) = &self.plain {
-            if !key.starts_with(attrs::NAMESPACE) {
-                plain.set_attribute(key, Value::from(value.into()));
-            }
-            return;
+        self.set(key, Value::from(value.into()));
+    }
+
+    /// Record `key` = `value` on the span; on the plain pipeline, through `tracing-opentelemetry`
+    /// and only when it is an OpenTelemetry semantic attribute.
+    fn set(&self, key: &'static str, value: Value) {
+        match &self.plain {
+            Some(_) if key.starts_with(attrs::NAMESPACE) => {}
+            Some(plain) => plain.set_attribute(key, value),
+            None => self.cx.span().set_attribute(KeyValue::new(key, value)),
         }
-        self.cx
-            .span()
-            .set_attribute(KeyValue::new(key, Value::from(value.into())));
+    }
+
+    /// Set the span's status, through `tracing-opentelemetry` on the plain pipeline.
+    fn status(&self, status: Status) {
+        match &self.plain {
+            Some(plain) => plain.set_status(status),
+            None => self.cx.span().set_status(status),
+        }
     }
 
     /// Where the credential travelled, e.g. `header:x-custom-usertoken`.
@@ -317,13 +328,8 @@ impl Span {
 
     /// The hop let the request through.
     pub fn ok(&mut self) {
-        if let Some(plain) = &self.plain {
-            plain.set_status(Status::Ok);
-        } else {
-            let span = self.cx.span();
-            span.set_attribute(KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()));
-            span.set_status(Status::Ok);
-        }
+        self.set(attrs::HOP_OUTCOME, Outcome::Ok.as_str().into());
+        self.status(Status::Ok);
         if let Some(m) = &mut self.metric {
             m.outcome = Some(Outcome::Ok);
             m.reason = None;
@@ -333,9 +339,9 @@ impl Span {
     /// The hop stopped the request (or failed) for `reason`.
     pub fn reject(&mut self, reason: FailureReason) {
         let outcome = reason.outcome();
-        if let Some(plain) = &self.plain {
-            plain.set_attribute(attrs::semconv::ERROR_TYPE, reason.as_str());
-            plain.set_status(Status::error(reason.describe()));
+        if self.plain.is_some() {
+            self.set(attrs::semconv::ERROR_TYPE, reason.as_str().into());
+            self.status(Status::error(reason.describe()));
         } else {
             self.record_reject(reason, outcome);
         }
@@ -363,18 +369,9 @@ impl Span {
     /// outcome stays `ok` (only the stopping hop is `rejected`); the span is marked as an error so
     /// trace views show the failed path.
     pub fn downstream_failed(&mut self, reason: FailureReason) {
-        let status = Status::error(format!("stopped downstream: {reason}"));
-        if let Some(plain) = &self.plain {
-            plain.set_attribute(attrs::semconv::ERROR_TYPE, reason.as_str());
-            plain.set_status(status);
-        } else {
-            let span = self.cx.span();
-            span.set_attributes([
-                KeyValue::new(attrs::HOP_OUTCOME, Outcome::Ok.as_str()),
-                KeyValue::new(attrs::semconv::ERROR_TYPE, reason.as_str()),
-            ]);
-            span.set_status(status);
-        }
+        self.set(attrs::HOP_OUTCOME, Outcome::Ok.as_str().into());
+        self.set(attrs::semconv::ERROR_TYPE, reason.as_str().into());
+        self.status(Status::error(format!("stopped downstream: {reason}")));
         if let Some(m) = &mut self.metric {
             m.outcome = Some(Outcome::Ok);
             m.reason = None;
@@ -383,17 +380,8 @@ impl Span {
 
     /// Mark a client call as failed without hop semantics (status + `error.type`).
     pub fn fail(&self, error_type: &str) {
-        if let Some(plain) = &self.plain {
-            plain.set_attribute(attrs::semconv::ERROR_TYPE, error_type.to_owned());
-            plain.set_status(Status::error(error_type.to_owned()));
-            return;
-        }
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            attrs::semconv::ERROR_TYPE,
-            error_type.to_owned(),
-        ));
-        span.set_status(Status::error(error_type.to_owned()));
+        self.set(attrs::semconv::ERROR_TYPE, error_type.to_owned().into());
+        self.status(Status::error(error_type.to_owned()));
     }
 
     /// End the span now.
