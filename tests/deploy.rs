@@ -203,19 +203,13 @@ fn deploy_runs_sam_per_account_in_order_and_feeds_the_brokers_url_to_the_workloa
     let templates = workspace_with_zips(&dir);
     let log = dir.join("sam.log");
     let sam = dir.join("sam");
-    std::fs::write(
+    support::write_executable(
         &sam,
-        format!(
+        &format!(
             "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$1 $2\" in\n  'list stack-outputs') echo '[{{\"OutputKey\": \"BrokerUrl\", \"OutputValue\": \"https://abc.lambda-url.eu-west-1.on.aws/\"}}]' ;;\nesac\n",
             log.display()
         ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&sam)
-        .status()
-        .unwrap();
+    );
     let run = deploy(&dir, COMPLETE, &[], &templates, sam.to_str().unwrap());
     let out = succeeded(&run);
     assert!(

@@ -442,6 +442,13 @@ pub const BROKER_SERVICES: [&str; 7] = [
     "target",
 ];
 
+/// Write `text` to `path` as an executable script (a stand-in for a tool, a wrapper).
+pub fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("script written");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// The AWS SDK configuration for moto at `endpoint` (its dummy credentials, us-east-1).
 pub async fn moto_config(endpoint: &str) -> aws_config::SdkConfig {
     telemetry::aws_http::config_loader()

@@ -440,20 +440,17 @@ fn a_killed_stack_is_gone_and_a_hangup_stops_one() {
 /// script that notes the hop's name from `{hop}` and then runs it), and the stack still answers.
 #[test]
 fn every_hop_runs_under_the_hop_wrapper() {
-    use std::os::unix::fs::PermissionsExt as _;
     let out = support::tempdir("up-wrapper");
     std::fs::create_dir_all(&out).expect("out dir");
     let marks = out.join("wrapped.txt");
     let script = out.join("wrap.sh");
-    std::fs::write(
+    support::write_executable(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\necho \"$1\" >> '{}'\nshift\nexec \"$@\"\n",
             marks.display()
         ),
-    )
-    .expect("script written");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let wrapper = format!("{} {{hop}}", script.display());
     let mut up = Up::start_with(
         &out,
